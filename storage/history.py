@@ -1,0 +1,80 @@
+"""Questions about past selections, answered by DuckDB in-process over the store's Parquet files.
+
+Two views are defined on every connection:
+
+- ``rankings``: every selection's rows (see :mod:`storage.rankings` for the columns).
+- ``logits``: every logits file, with ``dataset`` (fingerprint) and ``model`` (encoded id) taken from
+  the hive partition folders, plus ``sample_id``, ``label``, ``features FLOAT[]``, ``logits FLOAT[]``.
+
+Only finished files are visible: temporary files being written start with '.' and end in '.tmp'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from storage.rankings import RANKINGS_SCHEMA
+
+#: The default answer of ``lead history``: one line per selection, with its best model per method.
+SELECTIONS_SQL = """
+SELECT created_at, dataset, method, model AS best_model, score, n_samples, n_classes,
+       run_id, mlflow_run_id
+FROM rankings
+WHERE rank = 1 {where}
+ORDER BY created_at DESC, method
+"""
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def connect(store: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the ``rankings`` and ``logits`` views over ``store``."""
+    store = Path(store)
+    con = duckdb.connect(":memory:")
+    rankings = sorted((store / "rankings").glob("dataset=*/run=*.parquet"))
+    if rankings:
+        glob = (store / "rankings" / "dataset=*" / "run=*.parquet").as_posix()
+        con.sql(
+            f"CREATE VIEW rankings AS SELECT * FROM read_parquet({_sql_str(glob)}, hive_partitioning=false, union_by_name=true)"
+        )
+    else:
+        con.register("_empty_rankings", pa.Table.from_pylist([], schema=RANKINGS_SCHEMA))
+        con.sql("CREATE VIEW rankings AS SELECT * FROM _empty_rankings")
+    logits = sorted((store / "logits").glob("dataset=*/model=*/*.parquet"))
+    if logits:
+        glob = (store / "logits" / "dataset=*" / "model=*" / "*.parquet").as_posix()
+        con.sql(
+            f"CREATE VIEW logits AS SELECT * FROM read_parquet({_sql_str(glob)}, hive_partitioning=true, union_by_name=true)"
+        )
+    else:
+        con.sql(
+            "CREATE VIEW logits AS SELECT * FROM (SELECT NULL::VARCHAR AS sample_id, NULL::INTEGER AS label, "
+            "NULL::FLOAT[] AS features, NULL::FLOAT[] AS logits, NULL::VARCHAR AS dataset, NULL::VARCHAR AS model) WHERE false"
+        )
+    return con
+
+
+def query(store: Path, sql: str) -> pa.Table:
+    """Run ``sql`` against the views and return the result as an Arrow table.
+
+    Raises:
+        duckdb.Error: invalid SQL (the message is DuckDB's).
+    """
+    con = connect(store)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
+def selections(store: Path, dataset: str | None = None) -> pa.Table:
+    """Past selections (best model per method per run), newest first; ``dataset`` filters by name or fingerprint."""
+    where = ""
+    if dataset:
+        where = f"AND (dataset = {_sql_str(dataset)} OR dataset_fingerprint = {_sql_str(dataset)})"
+    return query(store, SELECTIONS_SQL.format(where=where))

@@ -1,0 +1,181 @@
+"""The logits store: one Parquet file per (dataset, model), written atomically.
+
+Arrow schema (version 1)::
+
+    sample_id: string
+    label:     int32                          index into the dataset's sorted class names
+    features:  fixed_size_list<float32>[D]    pre-logit features
+    logits:    fixed_size_list<float32>[Cs]   source-head logits (absent for headless models)
+
+Schema metadata (all strings): ``lead.schema_version``, ``lead.model``, ``lead.arch``,
+``lead.weights``, ``lead.weights_digest``, ``lead.dataset``, ``lead.dataset_fingerprint``,
+``lead.preprocessing`` (JSON), ``lead.classes`` (JSON), ``lead.cache_key``, ``lead.n``, ``lead.d``,
+``lead.cs``, ``lead.created_at`` (ISO 8601 UTC), ``lead.version`` (package version).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lead import __version__
+from lead.errors import InputError
+
+SCHEMA_VERSION = "1"
+#: Rows per Parquet row group (bounded memory when writing and reading in pieces).
+ROW_GROUP_SIZE = 4096
+
+
+def encode_model_id(model: str) -> str:
+    """Reversible, path-safe form of a model id (percent-encoding; ``arch.tag`` stays readable)."""
+    return quote(model, safe="")
+
+
+def decode_model_id(encoded: str) -> str:
+    return unquote(encoded)
+
+
+def logits_path(store: Path, dataset_fingerprint: str, model: str) -> Path:
+    return Path(store) / "logits" / f"dataset={dataset_fingerprint}" / f"model={encode_model_id(model)}" / "part-0.parquet"
+
+
+def make_schema(d: int, cs: int | None, metadata: dict[str, str]) -> pa.Schema:
+    fields = [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("features", pa.list_(pa.float32(), d), nullable=False),
+    ]
+    if cs:
+        fields.append(pa.field("logits", pa.list_(pa.float32(), cs), nullable=False))
+    return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
+
+
+def _fixed_list(x: np.ndarray) -> pa.FixedSizeListArray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+class LogitsWriter:
+    """Stream batches into ``path`` through a temporary file in the same folder; ``close()`` renames it
+    into place (``os.replace``), so readers never see a partial file. Use as a context manager: on an
+    exception the temporary file is removed and nothing is published.
+
+    The schema is fixed by the first batch (D and Cs); ``metadata`` is completed with N (``n_expected``,
+    checked on close), D, Cs, schema version, creation time and package version.
+    """
+
+    def __init__(self, path: Path, metadata: dict[str, str], *, n_expected: int):
+        self.path = Path(path)
+        self.metadata = dict(metadata)
+        self.n_expected = int(n_expected)
+        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+        self._batches: list[pa.RecordBatch] = []
+        self.n = 0
+
+    def __enter__(self) -> LogitsWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, sample_ids, labels: np.ndarray, features: np.ndarray, logits: np.ndarray | None) -> None:
+        """Append one batch: ``features`` (B, D), ``logits`` (B, Cs) or None, ``labels`` (B,)."""
+        if self._writer is None:
+            self.d = int(features.shape[1])
+            self.cs = int(logits.shape[1]) if logits is not None else 0
+            meta = {
+                **self.metadata,
+                "lead.schema_version": SCHEMA_VERSION,
+                "lead.n": str(self.n_expected),
+                "lead.d": str(self.d),
+                "lead.cs": str(self.cs),
+                "lead.created_at": datetime.now(UTC).isoformat(),
+                "lead.version": __version__,
+            }
+            self.schema = make_schema(self.d, self.cs, meta)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        cols = [pa.array(list(sample_ids), pa.string()), pa.array(np.asarray(labels, dtype=np.int32)), _fixed_list(features)]
+        if self.cs:
+            cols.append(_fixed_list(logits))
+        self._writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=self.schema), row_group_size=ROW_GROUP_SIZE)
+        self.n += len(sample_ids)
+
+    def close(self) -> Path:
+        if self._writer is None:
+            raise InputError(f"logits store: a file must have at least one batch; got none for {self.path}.")
+        if self.n != self.n_expected:
+            raise InputError(f"logits store: {self.path} must hold {self.n_expected} rows; got {self.n}.")
+        self._writer.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class LogitsFile:
+    """A logits file read back: ``features`` (N, D) float32, ``logits`` (N, Cs) float32 or None,
+    ``labels`` (N,) int32, ``sample_ids`` N strings, ``metadata`` the ``lead.*`` keys."""
+
+    sample_ids: list[str]
+    labels: np.ndarray
+    features: np.ndarray
+    logits: np.ndarray | None
+    metadata: dict[str, str]
+
+    @property
+    def classes(self) -> list[str]:
+        return json.loads(self.metadata["lead.classes"])
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``lead.*`` schema metadata of a logits file (reads only the footer)."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"lead.")}
+
+
+def read_logits(path: Path) -> LogitsFile:
+    """Read a whole logits file into numpy arrays (zero-copy from Arrow where possible)."""
+    table = pq.read_table(path)
+    meta = read_metadata(path)
+
+    def matrix(name):
+        col = table.column(name).combine_chunks()
+        width = col.type.list_size
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+
+    return LogitsFile(
+        sample_ids=table.column("sample_id").to_pylist(),
+        labels=table.column("label").to_numpy(),
+        features=matrix("features"),
+        logits=matrix("logits") if "logits" in table.column_names else None,
+        metadata=meta,
+    )
+
+
+def is_complete(path: Path, cache_key: str) -> bool:
+    """True when ``path`` is a finished logits file written for ``cache_key`` (a readable footer)."""
+    try:
+        return read_metadata(path).get("lead.cache_key") == cache_key
+    except (OSError, pa.ArrowInvalid):
+        return False

@@ -1,0 +1,60 @@
+"""The rankings table: one Parquet file per selection, ``<store>/rankings/dataset=<fp>/run=<id>.parquet``.
+
+One row per (model, method). Columns (schema version 1)::
+
+    run_id string, created_at timestamp[us, UTC], dataset string, dataset_fingerprint string,
+    model string, method string, score double (null when not scored), rank int32 (1 = best; null
+    when not scored), n_samples int64, n_classes int32, mlflow_run_id string (empty when tracking
+    failed), flow_run_id string, params_json string, status string ("ok" | "failed"), error string
+
+``status`` and ``error`` extend ARCHITECTURE.md's list so that a model that failed stays visible in
+the table with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RANKINGS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("dataset", pa.string()),
+        ("dataset_fingerprint", pa.string()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("score", pa.float64()),
+        ("rank", pa.int32()),
+        ("n_samples", pa.int64()),
+        ("n_classes", pa.int32()),
+        ("mlflow_run_id", pa.string()),
+        ("flow_run_id", pa.string()),
+        ("params_json", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ],
+    metadata={"lead.schema_version": "1", "lead.table": "rankings"},
+)
+
+
+def rankings_path(store: Path, dataset_fingerprint: str, run_id: str) -> Path:
+    return Path(store) / "rankings" / f"dataset={dataset_fingerprint}" / f"run={run_id}.parquet"
+
+
+def write_rankings(store: Path, dataset_fingerprint: str, run_id: str, rows: list[dict]) -> Path:
+    """Write one selection's rows atomically (temporary file, then ``os.replace``). Returns the path."""
+    path = rankings_path(store, dataset_fingerprint, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=RANKINGS_SCHEMA)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

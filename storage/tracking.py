@@ -1,0 +1,134 @@
+"""MLflow tracking of selections: one parent run per ranking, one child run per model.
+
+All runs are created and logged from the calling (flow) process with ``MlflowClient.log_batch``;
+nothing here is called from worker threads (MLflow's SQLite pool does not bear concurrent writers).
+
+Parent run: experiment ``lead/<dataset name>``; tags ``dataset``, ``dataset_fingerprint``,
+``best_model``, ``zoo_digest``, ``primary_method``, ``flow_run_id``, ``failed_models``; params are the
+methods' knobs; artifact ``ranking.json``. Child run per model: tags ``model``, ``arch``, ``weights``,
+``status`` (and ``error``); params the model's preprocessing; one metric per method (its score)
+plus ``rank_<method>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+#: Limits of one ``log_batch`` request (MLflow REST API).
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_TAG_LENGTH = 5000
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What to log on one run: tags, params and metrics (name -> value)."""
+
+    name: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The shell command that opens the MLflow UI on this tracking store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class Tracker:
+    """A small service object around ``MlflowClient`` for one tracking URI.
+
+    Args:
+        tracking_uri: e.g. ``sqlite:////abs/store/mlflow.db`` or ``http://host:5000``.
+        artifact_root: folder for new experiments' artifacts (a local store); None lets the server decide.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def ensure_experiment(self, name: str) -> str:
+        """Id of experiment ``name``, created (with an artifact location under ``artifact_root``) if new."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.artifact_root is not None:
+            location = (Path(self.artifact_root) / quote(name, safe="")).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by a concurrent ranking
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start_parent(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        """Create the parent run of a selection (status RUNNING); returns its run id."""
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def log(self, run_id: str, record: RunRecord) -> None:
+        """Log tags, params and metrics of ``record`` in as few ``log_batch`` calls as the limits allow."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        tags = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in record.tags.items()]
+        params = [Param(k, str(v)) for k, v in record.params.items()]
+        metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
+        self.client.log_batch(run_id, tags=tags)
+        for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk)
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def log_selection(
+        self, experiment_id: str, parent_id: str, parent: RunRecord, children: list[RunRecord], artifact: dict | None = None
+    ) -> dict[str, str]:
+        """Log a whole selection: the parent's record, one child run per model, the ranking artifact.
+
+        Returns {model name: child run id}. Marks every run FINISHED (children of failed models FAILED).
+        """
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        child_ids = {}
+        for child in children:
+            run = self.client.create_run(
+                experiment_id, run_name=child.name, tags={MLFLOW_PARENT_RUN_ID: parent_id, **child.tags}
+            )
+            self.log(run.info.run_id, RunRecord(child.name, {}, child.params, child.metrics))
+            status = "FAILED" if child.tags.get("status") == "failed" else "FINISHED"
+            self.client.set_terminated(run.info.run_id, status=status)
+            child_ids[child.name] = run.info.run_id
+        self.log(parent_id, parent)
+        if artifact is not None:
+            self.client.log_text(parent_id, json.dumps(artifact, indent=2, default=str), "ranking.json")
+        self.client.set_terminated(parent_id, status="FINISHED")
+        return child_ids

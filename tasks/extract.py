@@ -1,0 +1,122 @@
+"""The extraction task: one model's forward pass over one dataset, into one Parquet file.
+
+Cached on (dataset fingerprint, model id, weights digest, preprocessing): a second run on the same
+inputs is a Prefect cache hit and does no forward pass. The task is also idempotent on its own: if a
+finished file for the same key is already in the store (say, the Prefect cache was wiped) it returns
+that file without loading the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.logging import get_run_logger
+
+from lead.data import ImageDataset
+from lead.extract import extract
+from lead.zoo import ModelSpec, load_model
+from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete
+
+#: Transient faults are retried (a flaky network filesystem, a CUDA hiccup); bad input fails fast
+#: because it fails the same way each time, and retries are cheap next to a forward pass.
+EXTRACT_RETRIES = 2
+EXTRACT_RETRY_DELAY_S = 5
+
+
+def extraction_key(dataset_fingerprint: str, spec: ModelSpec, weights_digest: str) -> str:
+    """sha256 of everything that determines a logits file's content."""
+    doc = {
+        "dataset": dataset_fingerprint,
+        "model": spec.name,
+        "arch": spec.arch,
+        "weights_digest": weights_digest,
+        "preprocessing": spec.preprocessing(),
+        "schema": SCHEMA_VERSION,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_key(context, parameters) -> str:
+    return f"extract-{parameters['cache_key']}"
+
+
+@task(
+    name="extract-logits",
+    task_run_name="extract-{spec.name}",
+    tags=["gpu"],
+    retries=EXTRACT_RETRIES,
+    retry_delay_seconds=EXTRACT_RETRY_DELAY_S,
+    cache_key_fn=_cache_key,
+    persist_result=True,
+)
+def extract_logits(
+    dataset: ImageDataset,
+    spec: ModelSpec,
+    *,
+    cache_key: str,
+    weights_digest: str,
+    out_path: str,
+    device: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 2,
+    progress_position: int | None = None,
+) -> dict:
+    """Extract features and logits of ``spec`` on ``dataset`` into ``out_path`` (atomically).
+
+    Returns a JSON-able dict: ``path``, ``cache_key``, ``n``, ``d``, ``cs``, ``seconds``,
+    ``extracted`` (False when a finished file was already there).
+
+    Raises:
+        ModelLoadError: the model cannot be built or its weights loaded.
+        DatasetError: an image cannot be decoded.
+    """
+    logger = get_run_logger()
+    path = Path(out_path)
+    started = time.perf_counter()
+    if is_complete(path, cache_key):
+        logger.info("%s: logits already in the store at %s", spec.name, path)
+        return {"path": str(path), "cache_key": cache_key, "n": len(dataset), "seconds": 0.0, "extracted": False}
+
+    model = load_model(spec)
+    metadata = {
+        "lead.model": spec.name,
+        "lead.arch": spec.arch,
+        "lead.weights": spec.weights,
+        "lead.weights_digest": weights_digest,
+        "lead.dataset": dataset.name,
+        "lead.dataset_fingerprint": dataset.fingerprint(),
+        "lead.preprocessing": json.dumps(spec.preprocessing(), sort_keys=True),
+        "lead.classes": json.dumps(dataset.classes),
+        "lead.cache_key": cache_key,
+    }
+    bar = None
+    if progress_position is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(dataset), desc=spec.name, unit="img", position=progress_position, leave=True, dynamic_ncols=True)
+    try:
+        with LogitsWriter(path, metadata, n_expected=len(dataset)) as writer:
+            for batch in extract(
+                model, spec, dataset.samples, dataset.classes, batch_size=batch_size, num_workers=num_workers, device=device
+            ):
+                writer.write(batch.sample_ids, batch.labels, batch.features, batch.logits)
+                if bar is not None:
+                    bar.update(len(batch.sample_ids))
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - started
+    logger.info("%s: %d images in %.1f s -> %s", spec.name, len(dataset), seconds, path)
+    return {
+        "path": str(path),
+        "cache_key": cache_key,
+        "n": writer.n,
+        "d": writer.d,
+        "cs": writer.cs,
+        "seconds": seconds,
+        "extracted": True,
+    }
