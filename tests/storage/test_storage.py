@@ -1,0 +1,104 @@
+"""Parquet logits store, rankings table and DuckDB history on real files."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.history import connect, query, selections
+from storage.logits import LogitsWriter, decode_model_id, encode_model_id, is_complete, logits_path, read_logits
+from storage.rankings import RANKINGS_SCHEMA, write_rankings
+
+
+def write_file(path, n=10, d=4, cs=3, key="k1"):
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((n, d)).astype(np.float32)
+    logits = rng.standard_normal((n, cs)).astype(np.float32) if cs else None
+    with LogitsWriter(path, {"lead.cache_key": key, "lead.classes": '["a", "b"]'}, n_expected=n) as w:
+        for s in range(0, n, 4):
+            w.write([f"s{i}" for i in range(s, min(n, s + 4))], np.arange(s, min(n, s + 4)) % 2,
+                    feats[s:s + 4], None if logits is None else logits[s:s + 4])
+    return feats, logits
+
+
+def test_model_ids_encode_reversibly_into_one_path_component(tmp_path):
+    for name in ("resnet50.a1_in1k", "org/model:v2", "..", "ünïcode model"):
+        enc = encode_model_id(name)
+        assert "/" not in enc and decode_model_id(enc) == name
+    p = logits_path(tmp_path, "fp", "../../x")
+    assert p.parent.parent.parent == tmp_path / "logits"
+
+
+def test_logits_file_schema_metadata_and_round_trip(tmp_path):
+    path = logits_path(tmp_path, "fp", "m.tag")
+    feats, logits = write_file(path)
+    schema = pq.read_schema(path)
+    assert schema.field("sample_id").type == pa.string()
+    assert schema.field("label").type == pa.int32()
+    assert schema.field("features").type == pa.list_(pa.float32(), 4)
+    assert schema.field("logits").type == pa.list_(pa.float32(), 3)
+    back = read_logits(path)
+    np.testing.assert_array_equal(back.features, feats)
+    np.testing.assert_array_equal(back.logits, logits)
+    assert back.sample_ids == [f"s{i}" for i in range(10)]
+    assert back.metadata["lead.n"] == "10" and back.metadata["lead.d"] == "4" and back.metadata["lead.cs"] == "3"
+    assert back.classes == ["a", "b"]
+    assert is_complete(path, "k1") and not is_complete(path, "k2")
+    assert list(path.parent.iterdir()) == [path]
+
+
+def test_headless_file_has_no_logits_column(tmp_path):
+    path = tmp_path / "h.parquet"
+    write_file(path, cs=0)
+    assert "logits" not in pq.read_schema(path).names
+    assert read_logits(path).logits is None
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    path = tmp_path / "x" / "part-0.parquet"
+    with pytest.raises(RuntimeError, match="boom"):
+        with LogitsWriter(path, {}, n_expected=8) as w:
+            w.write(["a"], np.array([0]), np.zeros((1, 2), np.float32), None)
+            raise RuntimeError("boom")
+    assert list(path.parent.iterdir()) == []
+    assert not is_complete(path, "")
+
+
+def ranking_rows(run_id, dataset, scores):
+    now = datetime.now(UTC)
+    ordered = sorted(scores.items(), key=lambda kv: -kv[1])
+    return [
+        {"run_id": run_id, "created_at": now, "dataset": dataset, "dataset_fingerprint": "fp-" + dataset, "model": m,
+         "method": "lead", "score": s, "rank": r, "n_samples": 10, "n_classes": 2, "mlflow_run_id": "ml",
+         "flow_run_id": "fl", "params_json": "{}", "status": "ok", "error": ""}
+        for r, (m, s) in enumerate(ordered, start=1)
+    ]
+
+
+def test_rankings_and_history_through_duckdb(tmp_path):
+    write_rankings(tmp_path, "fp-a", "r1", ranking_rows("r1", "a", {"m1": -0.5, "m2": -0.2}))
+    write_rankings(tmp_path, "fp-b", "r2", ranking_rows("r2", "b", {"m1": -0.1, "m2": -0.3}))
+    assert pq.read_schema(tmp_path / "rankings" / "dataset=fp-a" / "run=r1.parquet").equals(RANKINGS_SCHEMA, check_metadata=False)
+    best = selections(tmp_path).to_pylist()
+    assert {(r["dataset"], r["best_model"]) for r in best} == {("a", "m2"), ("b", "m1")}
+    assert [r["best_model"] for r in selections(tmp_path, "b").to_pylist()] == ["m1"]
+    avg = query(tmp_path, "SELECT model, avg(score) AS s FROM rankings GROUP BY model ORDER BY model").to_pylist()
+    assert avg == [{"model": "m1", "s": pytest.approx(-0.3)}, {"model": "m2", "s": pytest.approx(-0.25)}]
+
+
+def test_history_on_an_empty_store_has_the_views(tmp_path):
+    assert selections(tmp_path).num_rows == 0
+    con = connect(tmp_path)
+    assert con.sql("SELECT count(*) FROM logits").fetchall() == [(0,)]
+    con.close()
+
+
+def test_logits_view_reads_partitions(tmp_path):
+    write_file(logits_path(tmp_path, "fp1", "m1"))
+    write_file(logits_path(tmp_path, "fp1", "org/m2"), cs=0)
+    rows = query(tmp_path, "SELECT model, count(*) AS n, max(len(features)) AS d FROM logits GROUP BY model ORDER BY model")
+    assert rows.to_pylist() == [{"model": "m1", "n": 10, "d": 4}, {"model": "org/m2", "n": 10, "d": 4}]  # DuckDB decodes the partition value
