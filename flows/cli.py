@@ -41,11 +41,18 @@ def _fail(err: BaseException, debug: bool, code: int = 1):
     raise typer.Exit(code)
 
 
-def _quiet_prefect(verbose: bool) -> None:
+def _quiet(verbose: bool) -> None:
+    """Keep the terminal for the progress bars and the ranking: Prefect and MLflow log warnings only,
+    unless --verbose. Telemetry is off (these machines are often offline)."""
+    import logging
+
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if not verbose:
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _console():
@@ -124,12 +131,22 @@ def rank(
     no forward pass), scores each model, prints the ranking, writes it to the rankings table and records
     the selection in MLflow (one parent run, one child run per model).
     """
-    _quiet_prefect(verbose)
+    _quiet(verbose)
     if max_workers:
         os.environ["LEAD_MAX_WORKERS"] = str(max_workers)
+    from lead.config import Settings
+    from lead.data import resolve_dataset
     from lead.errors import DatasetError, InputError, ModelLoadError, ScoreError
+    from lead.zoo import load_zoo
 
     try:
+        # Check the cheap things before a flow run starts, so mistakes cost a second, not a server start.
+        settings = Settings.from_env(store=store)
+        resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=name)
+        load_zoo(zoo)
+        from flows.rank_zoo import parse_methods
+
+        parse_methods(method)
         from prefect.task_runners import ThreadPoolTaskRunner
 
         from flows.rank_zoo import DEFAULT_MAX_WORKERS, rank_zoo
