@@ -8,9 +8,9 @@ writes them to Parquet).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -37,6 +37,28 @@ def select_device(requested: str | None = None) -> str:
     if requested and requested != "auto":
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: Modules the DataLoader's fork server imports once, so each worker starts in milliseconds.
+FORKSERVER_PRELOAD = ["torch", "torchvision.transforms", "timm.data", "PIL.Image", "lead.extract"]
+
+
+@lru_cache(maxsize=1)
+def loader_context():
+    """The multiprocessing context of the DataLoader workers: a fork server where the OS has one.
+
+    Plain ``fork`` deadlocks here: the flow runs extraction and scoring in threads of one process, and
+    forking while another thread is inside an OpenBLAS call hangs in OpenBLAS's fork handler (seen with
+    numpy's bundled OpenBLAS). A fork server is a clean single-threaded process started once, with
+    torch and the transforms already imported, from which workers are forked.
+    """
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
 
 
 def build_transform(spec: ModelSpec):
@@ -120,7 +142,7 @@ def extract(
         num_workers=num_workers,
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
-        multiprocessing_context="fork" if num_workers > 0 and os.name == "posix" else None,
+        multiprocessing_context=loader_context() if num_workers > 0 else None,
     )
     ids = [s.sample_id for s in samples]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)

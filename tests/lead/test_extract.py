@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lead.data import image_folder
@@ -37,3 +38,33 @@ def test_extract_matches_plain_timm_forward(tiny_dataset):
 def test_device_auto_selects_cpu_without_cuda():
     assert select_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
     assert select_device("cpu") == "cpu"
+
+
+@pytest.mark.timeout(180)
+def test_loader_workers_start_while_another_thread_runs_blas(tiny_dataset):
+    """Regression: with fork-started workers this hung in OpenBLAS's fork handler (scoring and extraction
+    share one process in the flow). Workers come from a fork server instead."""
+    import threading
+
+    from lead.extract import loader_context
+
+    assert loader_context().get_start_method() == "forkserver"
+    ds = image_folder(tiny_dataset)
+    spec = lite0(32)
+    model = load_model(spec)
+    stop = threading.Event()
+
+    def blas_loop():
+        a = np.random.default_rng(0).standard_normal((400, 400))
+        while not stop.is_set():
+            a = np.tanh(a @ a.T / 400)
+
+    worker = threading.Thread(target=blas_loop, daemon=True)
+    worker.start()
+    try:
+        for _ in range(3):
+            n = sum(len(b.sample_ids) for b in extract(model, spec, ds.samples, ds.classes, batch_size=8, num_workers=2, device="cpu"))
+            assert n == 24
+    finally:
+        stop.set()
+        worker.join()
