@@ -167,10 +167,11 @@ def lead_details(
             "Add samples, drop the class, or use initial='svm_insample'."
         )
 
-    # Canonical order: by class, then by a fixed projection of the raw features. Only identical rows
-    # tie, and those are interchangeable, so every later step is invariant to the caller's order.
+    # Canonical order: by a fixed random projection of the raw features (ties, i.e. identical rows, by
+    # class). It does not depend on the caller's order nor on the class names, so neither does any
+    # later step: folds, the kernel's per-class sample and the SVM's coordinate order.
     proj = x @ np.random.default_rng(12345).standard_normal(x.shape[1])
-    order = np.lexsort((proj, enc.codes))
+    order = np.lexsort((enc.codes, proj))
     xs, ys = x[order], enc.codes[order]
     zs = zscore(xs) if standardize else xs
 
@@ -240,7 +241,7 @@ def stratified_folds(codes: np.ndarray, n_classes: int, n_folds: int, seed: int)
 
 
 def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_of_fold: bool, seed: int) -> np.ndarray:
-    """P0 from a one-vs-rest linear SVM with Platt scaling, rows renormalised.
+    """P0 from one-vs-rest linear SVMs (one binary fit per class) with Platt scaling, rows renormalised.
 
     Args:
         z: features, shape (N, D), float64 (already standardised when the caller asks for it).
@@ -260,14 +261,15 @@ def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_o
     decision = np.empty((n, n_classes))
 
     def fit_decide(train, test):
-        clf = LinearSVC(C=SVM_C, dual=True, max_iter=SVM_MAX_ITER, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(z[train], codes[train])
-        f = clf.decision_function(z[test])
-        if n_classes == 2:  # binary LinearSVC returns one column, positive for class 1
-            f = np.stack([-f, f], axis=1)
-        decision[test] = f
+        # One binary SVM per class, each with the same seed (rather than liblinear's multi-class
+        # one-vs-rest, whose random state runs on across classes): class k's problem, and so its
+        # decision values, do not depend on how the classes are numbered.
+        for k in range(n_classes):
+            clf = LinearSVC(C=SVM_C, dual=True, max_iter=SVM_MAX_ITER, random_state=seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(z[train], codes[train] == k)
+            decision[test, k] = clf.decision_function(z[test])
 
     if out_of_fold:
         n_folds = int(min(N_FOLDS, np.bincount(codes, minlength=n_classes).min()))
