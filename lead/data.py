@@ -281,9 +281,71 @@ def materialise_demo(name: str, datasets_dir: str | Path) -> Path:
     return target
 
 
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def materialise_torchvision(spec: str, datasets_dir: str | Path) -> Path:
+    """Download a torchvision dataset and write it as an ImageFolder of PNGs, once.
+
+    ``spec`` is ``torchvision:<Class>[:<split>]``, e.g. ``torchvision:CIFAR10:train``,
+    ``torchvision:DTD:trainval``, ``torchvision:Caltech101``. The split goes to the class's ``split``
+    argument, or to ``train=`` (``train`` -> True) for classes that take that instead. Class names come
+    from the dataset's ``classes`` attribute where it has one, else the label index.
+
+    Raises:
+        DatasetError: unknown class, or the download failed (no network, moved URL).
+    """
+    import inspect
+
+    import torchvision.datasets as tvd
+    from PIL import Image
+
+    _, cls_name, *rest = spec.split(":")
+    split = rest[0] if rest else None
+    cls = getattr(tvd, cls_name, None)
+    if cls is None or not inspect.isclass(cls):
+        raise DatasetError(f"dataset {spec!r}: {cls_name!r} must be a torchvision.datasets class; got none such.")
+    target = Path(datasets_dir) / spec.replace(":", "-").lower()
+    if target.is_dir():
+        return target
+    params = inspect.signature(cls).parameters
+    kwargs: dict = {}
+    if split is not None:
+        if "split" in params:
+            kwargs["split"] = split
+        elif "train" in params:
+            kwargs["train"] = split == "train"
+        else:
+            raise DatasetError(f"dataset {spec!r}: {cls_name} has no split; drop ':{split}'.")
+    downloads = Path(datasets_dir) / ".downloads" / cls_name
+    downloads.mkdir(parents=True, exist_ok=True)
+    try:
+        if "download" in params:
+            kwargs["download"] = True
+        ds = cls(str(downloads), **kwargs) if "root" in params else cls(**kwargs)
+    except Exception as err:  # URLError, RuntimeError("Dataset not found"), HTTP errors
+        raise DatasetError(
+            f"dataset {spec!r}: the download must succeed; got {type(err).__name__}: {str(err)[:200]}. "
+            "This needs the internet; or download it yourself and pass the folder as an ImageFolder."
+        ) from err
+    names = list(getattr(ds, "classes", []) or [])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for i in range(len(ds)):
+            img, label = ds[i]
+            label_name = check_name(str(names[label]) if names else str(label), what=f"dataset {spec!r}: class")
+            (tmp / label_name).mkdir(exist_ok=True)
+            (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(tmp / label_name / f"{i:06d}.png")
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def resolve_dataset(spec: str | Path, *, datasets_dir: str | Path, name: str | None = None) -> ImageDataset:
-    """Turn a user's ``--dataset`` into a dataset: an ImageFolder directory, a ``.csv`` manifest, or the
-    name of a built-in demo set (materialised under ``datasets_dir`` on first use).
+    """Turn a user's ``--dataset`` into a dataset: an ImageFolder directory, a ``.csv`` manifest, the
+    name of a built-in demo set (materialised under ``datasets_dir`` on first use), or
+    ``torchvision:<Class>[:<split>]`` (downloaded and materialised there on first use).
 
     Raises:
         DatasetError: neither a directory, a manifest nor a demo name.
@@ -295,7 +357,10 @@ def resolve_dataset(spec: str | Path, *, datasets_dir: str | Path, name: str | N
         return csv_manifest(path, name=name)
     if str(spec) in DEMO_DATASETS:
         return image_folder(materialise_demo(str(spec), datasets_dir), name=name or str(spec))
+    if str(spec).startswith(TORCHVISION_PREFIX):
+        folder = materialise_torchvision(str(spec), datasets_dir)
+        return image_folder(folder, name=name or folder.name)
     raise DatasetError(
-        f"dataset: {spec!r} must be an ImageFolder directory, a .csv manifest (path,label) or a demo name "
-        f"({', '.join(sorted(DEMO_DATASETS))}); got none of these."
+        f"dataset: {spec!r} must be an ImageFolder directory, a .csv manifest (path,label), a demo name "
+        f"({', '.join(sorted(DEMO_DATASETS))}) or torchvision:<Class>[:<split>]; got none of these."
     )

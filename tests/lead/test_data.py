@@ -88,3 +88,18 @@ def test_demo_registry_lists_two_real_datasets():
     images, labels = DEMO_DATASETS["mnist-5k"].make()
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert sorted(set(labels)) == [str(i) for i in range(10)]
+
+
+def test_torchvision_datasets_fail_clearly_without_the_network(tmp_path):
+    with pytest.raises(DatasetError, match=r"'torchvision:NoSuchSet': 'NoSuchSet' must be a torchvision.datasets class"):
+        resolve_dataset("torchvision:NoSuchSet", datasets_dir=tmp_path)
+    with pytest.raises(DatasetError, match=r"'torchvision:CIFAR10:train': the download must succeed; got"):
+        resolve_dataset("torchvision:CIFAR10:train", datasets_dir=tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name != ".downloads"]
+
+
+def test_torchvision_dataset_materialises_as_image_folder(tmp_path):
+    """The same code path on a torchvision dataset class that needs no download (FakeData)."""
+    root = resolve_dataset("torchvision:FakeData", datasets_dir=tmp_path)
+    assert root.name == "torchvision-fakedata"
+    assert len(root) == 1000 and len(root.classes) == 10
