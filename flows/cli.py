@@ -27,9 +27,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+METHOD_HELP = (
+    "Comma-separated transferability scores, or 'all'; the first one ranks. Known: lead, logme, leep, nce, "
+    "nleep, hscore, sfda, gbc, transrate."
+)
+
 StoreOpt = Annotated[
     Path | None,
-    typer.Option("--store", help="Store folder for datasets, logits, rankings and MLflow. [env: LEAD_STORE; default: ./lead-store]"),
+    typer.Option("--store", help="Store folder for datasets, logits, rankings and MLflow. (env: LEAD_STORE; default: ./lead-store)"),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")]
 
@@ -114,14 +119,14 @@ def rank(
                      "built-in zoo: efficientnet-lite."),
     ],
     method: Annotated[
-        str, typer.Option("--method", "-m", help="Comma-separated transferability scores; the first ranks. Known: lead.")
+        str, typer.Option("--method", "-m", help=METHOD_HELP)
     ] = "lead",
     store: StoreOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Dataset name to record (default: folder or file name).")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [env: LEAD_DEVICE]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass. [env: LEAD_BATCH_SIZE; default 64]")] = None,
-    max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. [env: LEAD_MAX_WORKERS; default: GPUs, or 2]")] = None,
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. [env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db]")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass. (env: LEAD_BATCH_SIZE; default 64)")] = None,
+    max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. (env: LEAD_MAX_WORKERS; default: GPUs, or 2)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the selection as JSON instead of a table.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: DebugOpt = False,
@@ -218,6 +223,102 @@ def _cell(v) -> str:
     if isinstance(v, list):
         return f"[{len(v)} values]"
     return "" if v is None else str(v)
+
+
+bench_app = typer.Typer(
+    help=(
+        "Check transferability scores against real fine-tuned accuracies. `lead bench --suite FILE` ranks every "
+        "dataset of a suite with every method and reports the weighted Kendall tau between scores and fine-tuned "
+        "accuracies, per method and dataset, and the mean."
+    ),
+    no_args_is_help=False,
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    suite: Annotated[
+        str | None,
+        typer.Option("--suite", "-s", help="Suite YAML file (zoo, datasets, fine-tuned accuracies) or a built-in suite: "
+                     "sfda-supervised, sfda-self-supervised (these need the internet)."),
+    ] = None,
+    method: Annotated[str, typer.Option("--method", "-m", help=METHOD_HELP)] = "lead",
+    store: StoreOpt = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI)")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+    debug: DebugOpt = False,
+):
+    """Rank every dataset of a suite with every method and report weighted tau against fine-tuned accuracy.
+
+    Prints the table of weighted tau (dataset x method, and the mean per method; published values in
+    brackets where the suite has them), writes it as Parquet under <store>/bench/, saves a figure of score
+    against accuracy (a panel per dataset and method) and logs both to an MLflow run in experiment
+    lead-bench/<suite>.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if suite is None:
+        typer.secho("error: bench: --suite must be given; got none. See `lead bench --help`.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    _quiet(verbose)
+    from lead.benchmark import load_suite
+    from lead.errors import InputError
+
+    try:
+        load_suite(suite)
+        from flows.rank_zoo import parse_methods
+
+        methods = parse_methods(method)
+        from flows.bench import bench as bench_flow
+
+        result = bench_flow(suite=suite, methods=methods, store=str(store) if store else None, tracking_uri=tracking_uri,
+                            device=device, show_progress=not as_json and sys.stderr.isatty())
+    except InputError as err:
+        _fail(err, debug, code=2)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    _print_bench(result)
+
+
+def _print_bench(result: dict) -> None:
+    import math
+
+    from rich.table import Table
+
+    from lead.benchmark import mean_by_method
+
+    console = _console()
+    methods = result["methods"]
+    published = result.get("published") or {}
+    table = Table(title=f"Weighted tau on suite {result['suite']} (published values in brackets)" if published
+                  else f"Weighted tau on suite {result['suite']}", title_justify="left")
+    table.add_column("dataset")
+    for m in methods:
+        table.add_column(m, justify="right")
+    tau = {(r["dataset"], r["method"]): r["weighted_tau"] for r in result["rows"]}
+
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
+
+    for d in result["datasets"]:
+        table.add_row(d, *[cell(tau[(d, m)]) + (f" ({published[m][d]:.3f})" if d in published.get(m, {}) else "") for m in methods])
+    mean = mean_by_method(result["rows"])
+    table.add_row("mean", *[cell(mean[m]) for m in methods], style="bold")
+    console.print(table)
+    for d, err in result["failures"].items():
+        console.print(f"[red]{d} not ranked[/red]: {err}")
+    console.print(f"table: {result['table_path']}")
+    console.print(f"figure: {result['plot_path']}")
+    ml = result["mlflow"]
+    if ml.get("run_id"):
+        console.print(f"MLflow run: {ml['run_id']} in experiment lead-bench/{result['suite']}: {ml['url']}")
+    if ml.get("error"):
+        console.print(f"[red]MLflow logging failed[/red]: {ml['error']}")
 
 
 if __name__ == "__main__":

