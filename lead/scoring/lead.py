@@ -8,6 +8,7 @@ docs/method.md; equation numbers below refer to the steps listed there.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ SVM_C = 1.0
 #: liblinear dual coordinate descent (10x faster than the primal solver on standardised features here);
 #: iteration cap, with convergence warnings silenced (the probabilities are calibrated after).
 SVM_MAX_ITER = 2000
+#: liblinear (behind LinearSVC) seeds and draws from one process-wide C random generator, so fits in
+#: concurrent threads (the flow scores models in a thread pool) interleave their draws and the scores
+#: stop being reproducible. Fits are serialised through this lock.
+_LIBLINEAR_LOCK = threading.Lock()
 #: Floor on initial-state probabilities before renormalising, so log() stays finite when d_k = 1.
 PROB_FLOOR = 1e-12
 
@@ -266,7 +271,7 @@ def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_o
         # decision values, do not depend on how the classes are numbered.
         for k in range(n_classes):
             clf = LinearSVC(C=SVM_C, dual=True, max_iter=SVM_MAX_ITER, random_state=seed)
-            with warnings.catch_warnings():
+            with _LIBLINEAR_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 clf.fit(z[train], codes[train] == k)
             decision[test, k] = clf.decision_function(z[test])

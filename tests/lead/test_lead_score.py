@@ -295,3 +295,18 @@ def test_bad_arrays_raise_clear_errors():
         lead_score(x[:21], np.r_[y[:20], 9])
     # the in-sample SVM accepts a singleton class
     assert np.isfinite(lead_score(x[:21], np.r_[y[:20], 9], initial="svm_insample"))
+
+
+def test_reproducible_when_scored_in_concurrent_threads():
+    """Regression: liblinear's process-wide random generator made concurrent scores differ at 1e-8."""
+    import threading
+
+    x, y = blobs(n_per_class=40, k=5, d=32, sep=0.5)
+    expected = lead_score(x, y)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(lead_score(x, y))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [expected] * 4
