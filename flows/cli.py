@@ -97,6 +97,10 @@ def _print_selection(sel: dict) -> None:
         )
     console.print(table)
     console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
+    if sel.get("skipped_images"):
+        shown = ", ".join(f"{x['sample_id']} ({x['error']})" for x in sel["skipped_images"][:10])
+        more = f" and {len(sel['skipped_images']) - 10} more" if len(sel["skipped_images"]) > 10 else ""
+        console.print(f"[yellow]skipped {len(sel['skipped_images'])} unreadable images[/yellow]: {shown}{more}")
     console.print(f"rankings table: {sel['rankings_path']}")
     ml = sel["mlflow"]
     if ml.get("run_id"):

@@ -178,10 +178,12 @@ def rank_zoo(
             device=settings.device,
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
+            max_bad_fraction=settings.max_bad_fraction,
             progress_position=position if show_progress else None,
         )
 
     score_futures = {}
+    skipped: dict[str, str] = {}
     for name, fut in futures.items():
         fut.wait()
         state = fut.state
@@ -191,6 +193,7 @@ def rank_zoo(
             logger.error("%s: extraction failed: %s", name, models[name]["error"])
             continue
         result = fut.result()
+        skipped.update((sid, err) for sid, err in result.get("skipped", []))
         cached = state.name == "Cached" or not result.get("extracted", True)
         models[name]["extraction"] = {"status": "cached" if cached else "extracted", "path": result["path"],
                                       "seconds": 0.0 if cached else result["seconds"]}
@@ -248,6 +251,7 @@ def rank_zoo(
         "models": ordered,
         "rankings_path": str(rankings_file),
         "zoo_digest": zoo_digest(specs),
+        "skipped_images": [{"sample_id": k, "error": v} for k, v in sorted(skipped.items())],
         "seconds": None,
         "mlflow": mlflow_info,
     }
@@ -271,7 +275,9 @@ def rank_zoo(
                 name=ds.name,
                 tags={"best_model": best, "zoo_digest": selection["zoo_digest"], "primary_method": primary,
                       "flow_run_id": str(flow_run.id or ""), "lead_run_id": run_id, "n_models": str(len(ordered)),
-                      "failed_models": ",".join(failed), "lead_version": __version__},
+                      "failed_models": ",".join(failed), "lead_version": __version__,
+                      "skipped_images": str(len(skipped)),
+                      **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {})},
                 params={"methods": ",".join(method_ids), "n_samples": str(len(ds)), "n_classes": str(len(ds.classes)),
                         **{f"{meth}.{k}": json.dumps(v) for meth, p in params.items() for k, v in p.items()}},
                 metrics={f"best_{primary}": ok[0]["scores"][primary]} if ok else {},
@@ -299,6 +305,8 @@ def rank_zoo(
         logger.warning("could not publish the table artifact: %s", err)
 
     selection["seconds"] = time.perf_counter() - started
+    if skipped:
+        logger.warning("%d unreadable images were skipped: %s", len(skipped), ", ".join(sorted(skipped)[:10]))
     logger.info("best model on %s by %s: %s", ds.name, primary, best or "none")
     if not ok:
         reasons = "; ".join(f"{m['model']}: {m['error']}" for m in ordered)

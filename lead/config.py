@@ -7,6 +7,7 @@
 | ``LEAD_BATCH_SIZE`` | ``64`` | images per forward pass |
 | ``LEAD_MAX_WORKERS`` | GPUs, or 2 on CPU | concurrent extraction tasks (the bounded thread pool) |
 | ``LEAD_NUM_WORKERS`` | ``min(4, cores)`` | DataLoader worker processes per extraction |
+| ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<store>/mlflow.db`` | where selections are recorded |
 """
 
@@ -32,6 +33,19 @@ def _int_env(name: str, default: int) -> int:
     return value
 
 
+def _fraction_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"settings: {name} must be a number in [0, 1]; got {raw!r}.") from None
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"settings: {name} must be a number in [0, 1]; got {value}.")
+    return value
+
+
 def _default_max_workers() -> int:
     try:
         import torch
@@ -53,6 +67,7 @@ class Settings:
     max_workers: int
     num_workers: int
     tracking_uri: str
+    max_bad_fraction: float = 0.05
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -67,5 +82,6 @@ class Settings:
             max_workers=_int_env("LEAD_MAX_WORKERS", 0) or _default_max_workers(),
             num_workers=_int_env("LEAD_NUM_WORKERS", min(4, os.cpu_count() or 1)),
             tracking_uri=tracking,
+            max_bad_fraction=_fraction_env("LEAD_MAX_BAD_FRACTION", 0.05),
         )
         return replace(s, **overrides)

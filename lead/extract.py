@@ -15,19 +15,20 @@ from functools import lru_cache
 import numpy as np
 
 from lead.data import Sample
-from lead.errors import DatasetError
 from lead.zoo import ModelSpec
 
 
 @dataclass(frozen=True)
 class Batch:
     """One batch of results. ``features``: (B, D) float32; ``logits``: (B, Cs) float32 or None for
-    headless models; ``labels``: (B,) int32; ``sample_ids``: B strings."""
+    headless models; ``labels``: (B,) int32; ``sample_ids``: B strings. ``skipped``: (sample id, error)
+    of the images of this batch that could not be decoded (not among the B rows; B may be 0)."""
 
     sample_ids: list[str]
     labels: np.ndarray
     features: np.ndarray
     logits: np.ndarray | None
+    skipped: list[tuple[str, str]]
 
 
 def select_device(requested: str | None = None) -> str:
@@ -77,31 +78,64 @@ def build_transform(spec: ModelSpec):
     )
 
 
-class ImageSamples:
-    """A map-style torch dataset over samples: RGB-decoded, transformed image and label index.
+def load_rgb(path, size: tuple[int, int] | None = None):
+    """Decode an image file to an 8-bit RGB ``PIL.Image``.
 
-    Raises (in the worker, surfaced by the DataLoader):
-        DatasetError: an image that cannot be decoded, naming the file.
+    Modes: grayscale, palette (transparency dropped through RGBA), RGBA/LA (alpha dropped, as
+    torchvision's loader does), CMYK and YCbCr convert directly; 16-bit and 32-bit integer or float
+    images (``I;16``, ``I``, ``F``) are scaled from their dtype's range (or their own maximum for
+    floats) to 0..255 first, since PIL's own conversion clips them. JPEGs larger than twice ``size`` are
+    decoded at reduced scale (``Image.draft``). PIL's decompression-bomb limit stays in force.
+
+    Raises:
+        OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, ValueError: not a
+        readable image (zero bytes, truncated, another format, too large).
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if size is not None and im.format == "JPEG":
+            im.draft("RGB", (2 * size[1], 2 * size[0]))
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") else (float(arr.max()) or 1.0)
+            if im.mode == "I" and arr.max() <= 65535:
+                top = 65535.0 if arr.max() > 255 else 255.0
+            return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        if im.mode == "P":
+            return im.convert("RGBA").convert("RGB")
+        return im.convert("RGB")
+
+
+class ImageSamples:
+    """A map-style torch dataset over samples: ``(image tensor, label index, sample index, error)``.
+
+    An image that cannot be decoded does not raise: it yields a zero tensor and the error text
+    (``"<Type>: <message>"``), so the caller can skip it, count it and name it.
     """
 
-    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform):
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform, input_size: tuple[int, int]):
         self.samples = list(samples)
         self.index = {c: i for i, c in enumerate(classes)}
         self.transform = transform
+        self.input_size = tuple(input_size)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from PIL import Image, UnidentifiedImageError
+        import torch
 
         s = self.samples[i]
         try:
-            with Image.open(s.path) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise DatasetError(f"dataset: image {s.path} must be a readable image; got {type(err).__name__}: {err}.") from err
-        return self.transform(img), self.index[s.label], i
+            x = self.transform(load_rgb(s.path, self.input_size))
+            error = ""
+        except Exception as err:  # any decoding failure of this one file
+            x = torch.zeros(3, *self.input_size)
+            error = f"{type(err).__name__}: {err}"
+        return x, self.index[s.label], i, error
 
 
 def extract(
@@ -115,6 +149,8 @@ def extract(
     device: str | None = None,
 ) -> Iterator[Batch]:
     """Run ``model`` over ``samples`` and yield a :class:`Batch` per batch, in sample order.
+
+    Images that cannot be decoded are left out of the batch's rows and listed in ``Batch.skipped``.
 
     Features come from ``forward_head(forward_features(x), pre_logits=True)`` and logits from
     ``forward_head(..., pre_logits=False)``, one ``forward_features`` call for both (timm's API).
@@ -136,7 +172,7 @@ def extract(
         model = model.to(memory_format=torch.channels_last)
     headless = getattr(model, "num_classes", 1) == 0
     loader = DataLoader(
-        ImageSamples(samples, classes, build_transform(spec)),
+        ImageSamples(samples, classes, build_transform(spec), spec.input_size),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -147,7 +183,15 @@ def extract(
     ids = [s.sample_id for s in samples]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     with torch.inference_mode(), autocast:
-        for images, labels, index in loader:
+        for images, labels, index, errors in loader:
+            bad = [i for i, e in enumerate(errors) if e]
+            skipped = [(ids[int(index[i])], errors[i]) for i in bad]
+            if bad:
+                good = torch.tensor([i for i in range(len(errors)) if not errors[i]], dtype=torch.long)
+                images, labels, index = images[good], labels[good], index[good]
+            if len(index) == 0:
+                yield Batch([], np.zeros(0, np.int32), np.zeros((0, 0), np.float32), None, skipped)
+                continue
             images = images.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -159,4 +203,5 @@ def extract(
                 labels=labels.numpy().astype(np.int32),
                 features=feats.float().cpu().numpy(),
                 logits=None if logits is None else logits.float().cpu().numpy(),
+                skipped=skipped,
             )

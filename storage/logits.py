@@ -9,8 +9,10 @@ Arrow schema (version 1)::
 
 Schema metadata (all strings): ``lead.schema_version``, ``lead.model``, ``lead.arch``,
 ``lead.weights``, ``lead.weights_digest``, ``lead.dataset``, ``lead.dataset_fingerprint``,
-``lead.preprocessing`` (JSON), ``lead.classes`` (JSON), ``lead.cache_key``, ``lead.n``, ``lead.d``,
-``lead.cs``, ``lead.created_at`` (ISO 8601 UTC), ``lead.version`` (package version).
+``lead.preprocessing`` (JSON), ``lead.classes`` (JSON), ``lead.cache_key``, ``lead.d``, ``lead.cs``,
+``lead.created_at`` (ISO 8601 UTC), ``lead.version`` (package version); and, in the file footer,
+written on close: ``lead.n`` (rows) and ``lead.skipped`` (JSON list of [sample id, error] for the
+images that could not be decoded).
 """
 
 from __future__ import annotations
@@ -69,14 +71,14 @@ class LogitsWriter:
     into place (``os.replace``), so readers never see a partial file. Use as a context manager: on an
     exception the temporary file is removed and nothing is published.
 
-    The schema is fixed by the first batch (D and Cs); ``metadata`` is completed with N (``n_expected``,
-    checked on close), D, Cs, schema version, creation time and package version.
+    The schema is fixed by the first non-empty batch (D and Cs); ``metadata`` is completed with D, Cs,
+    schema version, creation time and package version, and on close with N and the skipped images.
     """
 
-    def __init__(self, path: Path, metadata: dict[str, str], *, n_expected: int):
+    def __init__(self, path: Path, metadata: dict[str, str]):
         self.path = Path(path)
         self.metadata = dict(metadata)
-        self.n_expected = int(n_expected)
+        self.skipped: list[tuple[str, str]] = []
         self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         self._writer: pq.ParquetWriter | None = None
         self._batches: list[pa.RecordBatch] = []
@@ -86,15 +88,20 @@ class LogitsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return self
 
+    def skip(self, skipped: list[tuple[str, str]]) -> None:
+        """Record images that could not be decoded: (sample id, error) pairs."""
+        self.skipped.extend(skipped)
+
     def write(self, sample_ids, labels: np.ndarray, features: np.ndarray, logits: np.ndarray | None) -> None:
-        """Append one batch: ``features`` (B, D), ``logits`` (B, Cs) or None, ``labels`` (B,)."""
+        """Append one batch: ``features`` (B, D), ``logits`` (B, Cs) or None, ``labels`` (B,). Empty batches are ignored."""
+        if len(sample_ids) == 0:
+            return
         if self._writer is None:
             self.d = int(features.shape[1])
             self.cs = int(logits.shape[1]) if logits is not None else 0
             meta = {
                 **self.metadata,
                 "lead.schema_version": SCHEMA_VERSION,
-                "lead.n": str(self.n_expected),
                 "lead.d": str(self.d),
                 "lead.cs": str(self.cs),
                 "lead.created_at": datetime.now(UTC).isoformat(),
@@ -110,9 +117,11 @@ class LogitsWriter:
 
     def close(self) -> Path:
         if self._writer is None:
-            raise InputError(f"logits store: a file must have at least one batch; got none for {self.path}.")
-        if self.n != self.n_expected:
-            raise InputError(f"logits store: {self.path} must hold {self.n_expected} rows; got {self.n}.")
+            raise InputError(
+                f"logits store: a file must have at least one readable image; got none for {self.path} "
+                f"({len(self.skipped)} skipped)."
+            )
+        self._writer.add_key_value_metadata({"lead.n": str(self.n), "lead.skipped": json.dumps(self.skipped)})
         self._writer.close()
         os.replace(self.tmp, self.path)
         return self.path
@@ -147,10 +156,14 @@ class LogitsFile:
     def classes(self) -> list[str]:
         return json.loads(self.metadata["lead.classes"])
 
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [tuple(x) for x in json.loads(self.metadata.get("lead.skipped", "[]"))]
+
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """The ``lead.*`` schema metadata of a logits file (reads only the footer)."""
-    raw = pq.read_schema(path).metadata or {}
+    """The ``lead.*`` metadata of a logits file, schema and footer keys together (reads only the footer)."""
+    raw = pq.read_metadata(path).metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"lead.")}
 
 

@@ -17,10 +17,10 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from lead.data import ImageDataset
-from lead.errors import InputError, ModelLoadError
+from lead.errors import DatasetError, InputError, ModelLoadError
 from lead.extract import extract
 from lead.zoo import ModelSpec, load_model
-from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete
+from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
 
 #: Transient faults are retried (a flaky network filesystem, a CUDA hiccup); bad input and models that
 #: cannot be loaded fail at once, because they would fail the same way each time.
@@ -71,23 +71,29 @@ def extract_logits(
     device: str = "auto",
     batch_size: int = 64,
     num_workers: int = 2,
+    max_bad_fraction: float = 0.05,
     progress_position: int | None = None,
 ) -> dict:
     """Extract features and logits of ``spec`` on ``dataset`` into ``out_path`` (atomically).
 
-    Returns a JSON-able dict: ``path``, ``cache_key``, ``n``, ``d``, ``cs``, ``seconds``,
-    ``extracted`` (False when a finished file was already there).
+    Images that cannot be decoded are skipped and listed; if more than ``max_bad_fraction`` of the
+    dataset is unreadable, extraction stops at once and nothing is written.
+
+    Returns a JSON-able dict: ``path``, ``cache_key``, ``n`` (rows written), ``d``, ``cs``, ``seconds``,
+    ``skipped`` ([sample id, error] pairs), ``extracted`` (False when a finished file was already there).
 
     Raises:
         ModelLoadError: the model cannot be built or its weights loaded.
-        DatasetError: an image cannot be decoded.
+        DatasetError: too many unreadable images (the message names the first ones).
     """
     logger = get_run_logger()
     path = Path(out_path)
     started = time.perf_counter()
     if is_complete(path, cache_key):
         logger.info("%s: logits already in the store at %s", spec.name, path)
-        return {"path": str(path), "cache_key": cache_key, "n": len(dataset), "seconds": 0.0, "extracted": False}
+        meta = read_metadata(path)
+        return {"path": str(path), "cache_key": cache_key, "n": int(meta["lead.n"]), "seconds": 0.0,
+                "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False}
 
     model = load_model(spec)
     metadata = {
@@ -107,11 +113,15 @@ def extract_logits(
 
         bar = tqdm(total=len(dataset), desc=spec.name, unit="img", position=progress_position, leave=True, dynamic_ncols=True)
     try:
-        with LogitsWriter(path, metadata, n_expected=len(dataset)) as writer:
+        limit = max_bad_fraction * len(dataset)
+        with LogitsWriter(path, metadata) as writer:
             for batch in extract(
                 model, spec, dataset.samples, dataset.classes, batch_size=batch_size, num_workers=num_workers, device=device
             ):
                 writer.write(batch.sample_ids, batch.labels, batch.features, batch.logits)
+                writer.skip(batch.skipped)
+                if len(writer.skipped) > limit:
+                    raise DatasetError(too_many_unreadable(dataset.name, writer.skipped, len(dataset), max_bad_fraction))
                 if bar is not None:
                     bar.update(len(batch.sample_ids))
     finally:
@@ -126,5 +136,16 @@ def extract_logits(
         "d": writer.d,
         "cs": writer.cs,
         "seconds": seconds,
+        "skipped": [list(x) for x in writer.skipped],
         "extracted": True,
     }
+
+
+def too_many_unreadable(dataset: str, skipped: list, n: int, max_bad_fraction: float) -> str:
+    """The error message when more than ``max_bad_fraction`` of a dataset's images cannot be decoded."""
+    first = "; ".join(f"{sid} ({err})" for sid, err in skipped[:5])
+    return (
+        f"dataset {dataset!r}: at most {max_bad_fraction:.0%} of the images may be unreadable; got at least "
+        f"{len(skipped)} of {n} ({first}{'; ...' if len(skipped) > 5 else ''}). Fix or remove those files, "
+        "or raise LEAD_MAX_BAD_FRACTION."
+    )

@@ -18,7 +18,7 @@ def write_file(path, n=10, d=4, cs=3, key="k1"):
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((n, d)).astype(np.float32)
     logits = rng.standard_normal((n, cs)).astype(np.float32) if cs else None
-    with LogitsWriter(path, {"lead.cache_key": key, "lead.classes": '["a", "b"]'}, n_expected=n) as w:
+    with LogitsWriter(path, {"lead.cache_key": key, "lead.classes": '["a", "b"]'}) as w:
         for s in range(0, n, 4):
             w.write([f"s{i}" for i in range(s, min(n, s + 4))], np.arange(s, min(n, s + 4)) % 2,
                     feats[s:s + 4], None if logits is None else logits[s:s + 4])
@@ -61,7 +61,7 @@ def test_headless_file_has_no_logits_column(tmp_path):
 def test_failed_write_leaves_no_file(tmp_path):
     path = tmp_path / "x" / "part-0.parquet"
     with pytest.raises(RuntimeError, match="boom"):
-        with LogitsWriter(path, {}, n_expected=8) as w:
+        with LogitsWriter(path, {}) as w:
             w.write(["a"], np.array([0]), np.zeros((1, 2), np.float32), None)
             raise RuntimeError("boom")
     assert list(path.parent.iterdir()) == []
