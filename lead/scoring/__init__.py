@@ -2,7 +2,9 @@
 
 ``METHODS`` lists the registered method ids; ``get_method(name)`` returns a :class:`Method` that says
 what it needs (pre-logit features, source logits or both) and computes
-``method(features=..., logits=..., labels=...) -> float``. Baselines register here the same way.
+``method(features=..., logits=..., labels=...) -> float``. The baselines (LogME, LEEP, NCE, N-LEEP,
+H-score, SFDA, GBC, TransRate) are registered after LEAD, one file each; docs/baselines.md compares
+them with their reference implementations.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lead.errors import InputError
+from lead.scoring.gbc import N_COMPONENTS, gbc
+from lead.scoring.hscore import hscore
 from lead.scoring.lead import LeadResult, lead_details, lead_score
+from lead.scoring.leep import leep
+from lead.scoring.logme import logme
+from lead.scoring.nce import nce
+from lead.scoring.nleep import COMPONENTS_PER_CLASS, SEED, VARIANCE, nleep
+from lead.scoring.sfda import sfda
+from lead.scoring.transrate import EPS, transrate
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,9 @@ class Method:
         needs_logits: takes source-head logits (N, Cs); models without a head cannot be scored.
         higher_is_better: always True here (scores that are "lower is better" are negated).
         min_classes: fewest classes the score is defined for.
+        min_samples: fewest samples N the score can be computed from with its ``params`` (a necessary
+            condition, not a sufficient one: e.g. N-LEEP needs N >= 5 K, GBC also D >= 64); below it
+            the function raises InputError.
         params: the knobs it runs with, logged as MLflow params.
         reference: the paper.
     """
@@ -35,6 +48,7 @@ class Method:
     needs_logits: bool
     higher_is_better: bool = True
     min_classes: int = 2
+    min_samples: int = 2
     params: dict = field(default_factory=dict)
     reference: str = ""
 
@@ -86,6 +100,109 @@ register(
     )
 )
 
+register(
+    Method(
+        name="logme",
+        fn=logme,
+        needs_features=True,
+        needs_logits=False,
+        reference="You et al., LogME: Practical Assessment of Pre-trained Models for Transfer Learning, ICML 2021",
+    )
+)
+register(
+    Method(
+        name="leep",
+        fn=leep,
+        needs_features=False,
+        needs_logits=True,
+        reference=(
+            "Nguyen et al., LEEP: A New Measure to Evaluate Transferability of Learned Representations, ICML 2020"
+        ),
+    )
+)
+register(
+    Method(
+        name="nce",
+        fn=nce,
+        needs_features=False,
+        needs_logits=True,
+        reference="Tran et al., Transferability and Hardness of Supervised Classification Tasks, ICCV 2019",
+    )
+)
+register(
+    Method(
+        name="nleep",
+        fn=nleep,
+        needs_features=True,
+        needs_logits=False,
+        min_samples=2 * COMPONENTS_PER_CLASS,
+        params={"variance": VARIANCE, "components_per_class": COMPONENTS_PER_CLASS, "seed": SEED},
+        reference="Li et al., Ranking Neural Checkpoints, CVPR 2021",
+    )
+)
+register(
+    Method(
+        name="hscore",
+        fn=hscore,
+        needs_features=True,
+        needs_logits=False,
+        reference=(
+            "Bao et al., An Information-Theoretic Approach to Transferability in Task Transfer Learning, ICIP 2019; "
+            "regularised: Ibrahim et al., Newer is not always better: Rethinking transferability metrics, "
+            "their peculiarities, stability and performance, ECML-PKDD 2022"
+        ),
+    )
+)
+register(
+    Method(
+        name="sfda",
+        fn=sfda,
+        needs_features=True,
+        needs_logits=False,
+        reference=(
+            "Shao et al., Not All Models Are Equal: Predicting Model Transferability in a Self-challenging "
+            "Fisher Space, ECCV 2022"
+        ),
+    )
+)
+register(
+    Method(
+        name="gbc",
+        fn=gbc,
+        needs_features=True,
+        needs_logits=False,
+        min_samples=N_COMPONENTS,
+        params={"n_components": N_COMPONENTS, "gaussian": "spherical"},
+        reference="Pándy et al., Transferability Estimation using Bhattacharyya Class Separability, CVPR 2022",
+    )
+)
+register(
+    Method(
+        name="transrate",
+        fn=transrate,
+        needs_features=True,
+        needs_logits=False,
+        params={"eps": EPS},
+        reference="Huang et al., Frustratingly Easy Transferability Estimation, ICML 2022",
+    )
+)
+
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 
-__all__ = ["METHODS", "LeadResult", "Method", "get_method", "lead_details", "lead_score", "register"]
+__all__ = [
+    "METHODS",
+    "LeadResult",
+    "Method",
+    "gbc",
+    "get_method",
+    "hscore",
+    "lead_details",
+    "lead_score",
+    "leep",
+    "logme",
+    "nce",
+    "nleep",
+    "register",
+    "sfda",
+    "transrate",
+]

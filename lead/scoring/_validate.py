@@ -95,8 +95,12 @@ def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score
     return arr
 
 
-def check_inputs(features, labels, *, where: str, min_classes: int = 2) -> tuple[np.ndarray, Labels]:
+def check_inputs(
+    features, labels, *, where: str, min_classes: int = 2, name: str = "features"
+) -> tuple[np.ndarray, Labels]:
     """Validate a (features, labels) pair once, where it enters a score.
+
+    ``name`` is what the matrix is called in messages (``"logits"`` for scores of the source head).
 
     Returns:
         (features as a new float64 (N, D) array, encoded labels).
@@ -104,7 +108,7 @@ def check_inputs(features, labels, *, where: str, min_classes: int = 2) -> tuple
         InputError: see :func:`encode_labels` and :func:`check_matrix`; fewer than ``min_classes`` classes.
     """
     enc = encode_labels(labels, where=where)
-    x = check_matrix(features, name="features", n_rows=enc.codes.shape[0], where=where)
+    x = check_matrix(features, name=name, n_rows=enc.codes.shape[0], where=where)
     if enc.n_classes < min_classes:
         raise InputError(
             f"{where}: labels must contain at least {min_classes} classes; got {enc.n_classes} "
@@ -119,3 +123,40 @@ def standardize(x: np.ndarray) -> np.ndarray:
     std = x.std(axis=0)
     std[std == 0] = 1.0
     return (x - mean) / std
+
+
+def require_samples(n: int, minimum: int, *, where: str, why: str, fix: str) -> None:
+    """Refuse fewer than ``minimum`` samples, saying ``why`` the method needs them and how to ``fix`` it.
+
+    Raises:
+        InputError: ``n < minimum``.
+    """
+    if n < minimum:
+        raise InputError(f"{where}: labels must cover at least {minimum} samples {why}; got {n}. {fix}.")
+
+
+def check_int_knob(value, *, name: str, where: str, minimum: int) -> int:
+    """Return ``value`` as an int after checking it is an integer (not a bool) >= ``minimum``.
+
+    Raises:
+        InputError: not an integer, or below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{where}: {name} must be an int >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def check_float_knob(
+    value, *, name: str, where: str, low: float = 0.0, high: float = float("inf"), high_inclusive: bool = False
+) -> float:
+    """Return ``value`` as a float after checking it is finite and in (``low``, ``high``) (``high`` included if asked).
+
+    Raises:
+        InputError: not a real number, not finite, or out of range.
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and bool(np.isfinite(value)) and value > low and (value <= high if high_inclusive else value < high)
+    if not ok:
+        bracket = "]" if high_inclusive else ")"
+        raise InputError(f"{where}: {name} must be a finite float in ({low:g}, {high:g}{bracket}; got {value!r}.")
+    return float(value)
