@@ -184,12 +184,15 @@ def rank_zoo(
 
     score_futures = {}
     skipped: dict[str, str] = {}
+    dataset_errors: list[DatasetError] = []
     for name, fut in futures.items():
         fut.wait()
         state = fut.state
         if not state.is_completed():
             err = state.result(raise_on_failure=False)
             models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else str(state.message))
+            if isinstance(err, DatasetError):
+                dataset_errors.append(err)
             logger.error("%s: extraction failed: %s", name, models[name]["error"])
             continue
         result = fut.result()
@@ -309,6 +312,8 @@ def rank_zoo(
         logger.warning("%d unreadable images were skipped: %s", len(skipped), ", ".join(sorted(skipped)[:10]))
     logger.info("best model on %s by %s: %s", ds.name, primary, best or "none")
     if not ok:
+        if dataset_errors and len(dataset_errors) == len(futures):  # the data, not the models, is at fault
+            raise DatasetError(str(dataset_errors[0]))
         reasons = "; ".join(f"{m['model']}: {m['error']}" for m in ordered)
         raise ScoreError(f"rank_zoo: at least one model must be scored on {ds.name!r}; every model failed ({reasons}).")
     return selection
