@@ -1,7 +1,7 @@
 """GBC: how little the target classes overlap in the (PCA-reduced) feature space.
 
 Source: M. Pándy, A. Agostinelli, J. Uijlings, V. Ferrari, T. Mensink, "Transferability Estimation
-using Bhattacharyya Class Separability", CVPR 2022, Eq. (2)-(4).
+using Bhattacharyya Class Separability", CVPR 2022 (GBC; formula below).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def gbc(
     two classes is 1 when they coincide and 0 when they do not overlap. GBC = -sum_{i != j} BC(c_i, c_j)
     lies in [-K (K - 1), 0]; 0 means perfectly separated classes. Compares models on one dataset.
 
-    Source: Pándy et al., "Transferability Estimation using Bhattacharyya Class Separability", CVPR 2022,
-    Eq. (2)-(4): D_B = 1/8 (mu_i - mu_j)^T S^-1 (mu_i - mu_j) + 1/2 log(det S / sqrt(det S_i det S_j)),
+    Source: Pándy et al., "Transferability Estimation using Bhattacharyya Class Separability", CVPR 2022:
+    D_B = 1/8 (mu_i - mu_j)^T S^-1 (mu_i - mu_j) + 1/2 log(det S / sqrt(det S_i det S_j)),
     S = (S_i + S_j) / 2. Per-class means and maximum-likelihood (1/n_k) variances, each floored at
     VARIANCE_FLOOR; "spherical" uses the mean of the floored variances in every dimension, as
     google-research ``stable_transfer/transferability/gbc.py``. Deviations from that reference: (1) the

@@ -29,8 +29,8 @@ def hscore(features, labels: Sequence[Hashable] | np.ndarray) -> float:
     (1 - alpha) the same way, which keeps it stable when N is small against D. Unitless, >= 0; compares
     models on one dataset.
 
-    Source: Bao et al., ICIP 2019, Eq. (2): H(f) = tr(cov(f)^-1 cov(E[f | y])); Ibrahim et al. 2022,
-    Eq. (5): H_alpha(f) = tr(cov_alpha(f)^-1 (1 - alpha) cov(E[f | y])), alpha the Ledoit-Wolf shrinkage
+    Source: Bao et al., ICIP 2019: H(f) = tr(cov(f)^-1 cov(E[f | y])); Ibrahim et al. 2022:
+    H_alpha(f) = tr(cov_alpha(f)^-1 (1 - alpha) cov(E[f | y])), alpha the Ledoit-Wolf shrinkage
     (Ledoit & Wolf, J. Multivariate Analysis 88, 2004, as in scikit-learn's ``ledoit_wolf_shrinkage``).
     Deviation from thuml/Transfer-Learning-Library ``tllib/ranking/hscore.py`` (regularized_h_score):
     both covariances are the maximum-likelihood (1/N) estimates; the reference divides cov(E[f | y]) by

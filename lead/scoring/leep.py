@@ -1,7 +1,7 @@
 """LEEP: the log expected empirical prediction of a source classifier re-mapped to the target labels.
 
 Source: C. V. Nguyen, T. Hassner, M. Seeger, C. Archambeau, "LEEP: A New Measure to Evaluate
-Transferability of Learned Representations", ICML 2020, Eq. (1)-(2).
+Transferability of Learned Representations", ICML 2020 (the LEEP measure; formula below).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def leep(logits, labels: Sequence[Hashable] | np.ndarray) -> float:
     models on one dataset only.
 
     Source: Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned Representations",
-    ICML 2020, Eq. (1)-(2): T = (1/N) sum_i log sum_z Phat(y_i | z) theta_i[z].
+    ICML 2020: T = (1/N) sum_i log sum_z Phat(y_i | z) theta_i[z].
     Deviations: none from the paper or thuml/LogME ``LEEP.py`` (which takes probabilities; this
     function takes logits and applies the softmax). Source classes whose total probability Phat(z)
     underflows to 0 have theta_i[z] = 0 for every sample and are left out of the sum (the reference

@@ -1,9 +1,9 @@
 """LogME: the maximum log evidence of a Bayesian linear model from features to labels.
 
 Source: K. You, Y. Liu, J. Wang, M. Long, "LogME: Practical Assessment of Pre-trained Models for
-Transfer Learning", ICML 2021, Eq. (2)-(5) and Algorithm 1, with the fixed-point updates of
-K. You et al., "Ranking and Tuning Pre-trained Models: A New Paradigm for Exploiting Model Hubs",
-JMLR 2022 (arXiv 2110.10545), Algorithm 2.
+Transfer Learning", ICML 2021, with the fixed-point updates of K. You et al., "Ranking and Tuning
+Pre-trained Models: A New Paradigm for Exploiting Model Hubs", JMLR 2022 (arXiv 2110.10545).
+Equation numbers are not cited: the formulas are written out below.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def logme(features, labels: Sequence[Hashable] | np.ndarray) -> float:
     over the K classes. Values are in nats per sample; they compare models on one dataset only.
 
     Source: You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning",
-    ICML 2021, Eq. (2)-(5); fixed point on the SVD as in You et al., JMLR 2022, Algorithm 2.
+    ICML 2021 (the evidence); fixed point on the SVD as in You et al., JMLR 2022.
     With F = U diag(s) V^T of rank r, sigma_i = s_i^2, x = U^T y_k and res = ||y_k||^2 - ||x||^2:
 
         log p = r/2 log alpha + N/2 log beta - 1/2 sum_{i<=r} log(alpha + beta sigma_i)

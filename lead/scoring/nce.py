@@ -1,7 +1,7 @@
 """NCE: negative conditional entropy of the target labels given the source head's hard predictions.
 
 Source: A. T. Tran, C. V. Nguyen, T. Hassner, "Transferability and Hardness of Supervised
-Classification Tasks", ICCV 2019, Eq. (2)-(3).
+Classification Tasks", ICCV 2019 (the NCE measure; formula below).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def nce(logits, labels: Sequence[Hashable] | np.ndarray) -> float:
     label, -H(Y) when it carries no information. Values are in nats (<= 0); they compare models on
     one dataset only.
 
-    Source: Tran et al., "Transferability and Hardness of Supervised Classification Tasks", ICCV 2019,
-    Eq. (2)-(3): NCE(Y | Z) = -H(Y | Z) = sum_{y, z} Phat(y, z) log(Phat(y, z) / Phat(z)).
+    Source: Tran et al., "Transferability and Hardness of Supervised Classification Tasks", ICCV 2019:
+    NCE(Y | Z) = -H(Y | Z) = sum_{y, z} Phat(y, z) log(Phat(y, z) / Phat(z)).
     Deviations: none. Source classes never predicted do not enter (0 log 0 = 0); thuml/LogME ``NCE.py``
     adds 1e-20 inside every log, which changes the value by < 1e-17.
 

@@ -1,7 +1,7 @@
 """N-LEEP: LEEP with the source head replaced by a Gaussian mixture fitted to the features.
 
 Source: Y. Li, X. Jia, R. Sang, Y. Zhu, B. Green, L. Wang, B. Gong, "Ranking Neural Checkpoints",
-CVPR 2021, Sec. 4.2 (N-LEEP); LEEP of Nguyen et al., ICML 2020, Eq. (1)-(2).
+CVPR 2021 (N-LEEP); LEEP of Nguyen et al., ICML 2020.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def nleep(
     components is fitted to them (unsupervised); its posteriors p(z | x_i) play the role of the source
     head in LEEP. Values are in nats (<= 0); they compare models on one dataset only.
 
-    Source: Li et al., "Ranking Neural Checkpoints", CVPR 2021, Sec. 4.2; LEEP, Nguyen et al., ICML 2020,
-    Eq. (1)-(2): T = (1/N) sum_i log sum_z Phat(y_i | z) p(z | x_i). As TencentARC/SFDA ``metrics.py``
+    Source: Li et al., "Ranking Neural Checkpoints", CVPR 2021; LEEP, Nguyen et al., ICML 2020:
+    T = (1/N) sum_i log sum_z Phat(y_i | z) p(z | x_i). As TencentARC/SFDA ``metrics.py``
     ``NLEEP`` (scikit-learn ``PCA(n_components=0.8)``, ``GaussianMixture(5 K)`` with its defaults:
     k-means initialisation, 100 EM steps, tol 1e-3, reg_covar 1e-6). Deviations: (1) the log is kept
     (the reference reports the mean of p(y_i | x_i), without it; the paper has it); (2) the mixture

@@ -1,7 +1,7 @@
 """SFDA: self-challenging Fisher discriminant analysis of the features.
 
 Source: W. Shao, X. Zhao, Y. Ge, Z. Zhang, L. Yang, X. Wang, Y. Shan, P. Luo, "Not All Models Are Equal:
-Predicting Model Transferability in a Self-challenging Fisher Space", ECCV 2022, Eq. (2)-(7).
+Predicting Model Transferability in a Self-challenging Fisher Space", ECCV 2022 (regularised Fisher space, ConfMix, score).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from scipy.special import softmax
 from lead.errors import InputError
 from lead.scoring._validate import check_inputs
 
-#: Shrinkage lambda = exp(-SHRINKAGE_RATE * sigma_max(S_w)) (paper Eq. 4 and reference, a = 5).
+#: Shrinkage lambda = exp(-SHRINKAGE_RATE * sigma_max(S_w)) (paper and reference, a = 5).
 SHRINKAGE_RATE = 5.0
 #: Smallest shrinkage (reference ``max(..., 1e-10)``).
 SHRINKAGE_FLOOR = 1e-10
@@ -36,8 +36,8 @@ def sfda(features, labels: Sequence[Hashable] | np.ndarray) -> float:
     the score is the mean posterior of the true class there. In (0, 1]; compares models on one dataset.
 
     Source: Shao et al., "Not All Models Are Equal: Predicting Model Transferability in a
-    Self-challenging Fisher Space", ECCV 2022: regularised Fisher space Eq. (2)-(4) with
-    lambda = exp(-5 sigma_max(S_w)), ConfMix Eq. (6), score Eq. (7), as TencentARC/SFDA ``metrics.py``
+    Self-challenging Fisher Space", ECCV 2022: regularised Fisher space with
+    lambda = exp(-5 sigma_max(S_w)), ConfMix, score, as TencentARC/SFDA ``metrics.py``
     ``SFDA_Score``. There, the posterior uses all D Fisher directions (``coef_ = means @ V @ V^T`` with
     V the generalised eigenvectors of (S_b, S_w,shrunk), V V^T = S_w,shrunk^-1), which is the LDA
     posterior softmax_k(x^T S^-1 m_k - 1/2 m_k^T S^-1 m_k + log pi_k) with S = (1 - lambda) S_w +

@@ -1,7 +1,7 @@
 """TransRate: mutual information between features and labels, measured by coding rates.
 
 Source: L.-K. Huang, J. Huang, Y. Rong, Q. Yang, Y. Wei, "Frustratingly Easy Transferability
-Estimation", ICML 2022, Eq. (4)-(6); the coding rate of Y. Ma, H. Derksen, W. Hong, J. Wright,
+Estimation", ICML 2022; the coding rate of Y. Ma, H. Derksen, W. Hong, J. Wright,
 "Segmentation of Multivariate Mixed Data via Lossy Data Coding and Compression", TPAMI 2007.
 """
 
@@ -25,7 +25,7 @@ def transrate(features, labels: Sequence[Hashable] | np.ndarray, *, eps: float =
     while each class stays compact (small R(Z_k)). Values are in nats; they depend on the feature
     scale and compare models on one dataset only.
 
-    Source: Huang et al., "Frustratingly Easy Transferability Estimation", ICML 2022, Eq. (4)-(6):
+    Source: Huang et al., "Frustratingly Easy Transferability Estimation", ICML 2022:
     TrR = R(Z, eps) - (1/K) sum_k R(Z_k, eps), Z the globally centred features and Z_k its rows of class
     k (not re-centred), as in the authors' code and thuml/Transfer-Learning-Library
     ``tllib/ranking/transrate.py``. Deviations: none.
