@@ -97,6 +97,8 @@ def _print_selection(sel: dict) -> None:
         )
     console.print(table)
     console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
+    for note in sel.get("dataset_notes", []):
+        console.print(f"[yellow]dataset[/yellow]: {note}")
     if sel.get("skipped_images"):
         shown = ", ".join(f"{x['sample_id']} ({x['error']})" for x in sel["skipped_images"][:10])
         more = f" and {len(sel['skipped_images']) - 10} more" if len(sel["skipped_images"]) > 10 else ""
@@ -145,14 +147,14 @@ def rank(
     if max_workers:
         os.environ["LEAD_MAX_WORKERS"] = str(max_workers)
     from lead.config import Settings
-    from lead.data import resolve_dataset
+    from lead.data import check_rankable, resolve_dataset
     from lead.errors import DatasetError, InputError, ModelLoadError, ScoreError
     from lead.zoo import load_zoo
 
     try:
         # Check the cheap things before a flow run starts, so mistakes cost a second, not a server start.
         settings = Settings.from_env(store=store)
-        resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=name)
+        check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=name))
         load_zoo(zoo)
         from flows.rank_zoo import parse_methods
 

@@ -32,7 +32,7 @@ from prefect.utilities.annotations import quote
 
 from lead import __version__
 from lead.config import Settings
-from lead.data import resolve_dataset
+from lead.data import check_rankable, resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError
 from lead.scoring import METHODS, get_method
 from lead.zoo import load_zoo, weights_digest, zoo_digest
@@ -120,13 +120,10 @@ def rank_zoo(
     )
     method_ids = parse_methods(methods)
     primary = method_ids[0]
-    ds = resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name)
+    ds = check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name))
+    for note in ds.notes:
+        logger.warning("dataset %s: %s", ds.name, note)
     fingerprint = ds.fingerprint()
-    if len(ds.classes) < 2:
-        raise DatasetError(
-            f"dataset {ds.name!r}: must have at least 2 classes; got {len(ds.classes)} ({ds.classes}). "
-            "Add a sub-folder per class."
-        )
     specs = load_zoo(zoo)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     logger.info("dataset %s: %d images, %d classes, fingerprint %s", ds.name, len(ds), len(ds.classes), fingerprint[:12])
@@ -255,6 +252,7 @@ def rank_zoo(
         "rankings_path": str(rankings_file),
         "zoo_digest": zoo_digest(specs),
         "skipped_images": [{"sample_id": k, "error": v} for k, v in sorted(skipped.items())],
+        "dataset_notes": ds.notes,
         "seconds": None,
         "mlflow": mlflow_info,
     }

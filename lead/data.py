@@ -45,11 +45,13 @@ class ImageDataset:
         root: folder the sample ids are relative to.
         samples: the samples, in a stable order (sorted by sample id).
         classes: sorted class names; label index i in the logits files means ``classes[i]``.
+        notes: what was ignored while reading it (empty class folders, duplicate manifest rows).
     """
 
     name: str
     root: Path
     samples: list[Sample]
+    notes: list[str] = field(default_factory=list)
     classes: list[str] = field(init=False)
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
@@ -137,7 +139,9 @@ def image_folder(root: str | Path, *, name: str | None = None) -> ImageDataset:
     if not root.is_dir():
         raise DatasetError(f"dataset: {root} must be a directory with one sub-folder per class; got no such directory.")
     samples = []
+    empty = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        before = len(samples)
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
@@ -145,39 +149,96 @@ def image_folder(root: str | Path, *, name: str | None = None) -> ImageDataset:
                     continue
                 path = Path(dirpath) / fn
                 samples.append(Sample(path.relative_to(root).as_posix(), path, class_dir.name))
-    return _check_nonempty(ImageDataset(name=check_name(name or root.name, what="dataset"), root=root, samples=samples), root)
+        if len(samples) == before:
+            empty.append(class_dir.name)
+    notes = [f"ignored {len(empty)} class folder(s) without images: {', '.join(empty)}"] if empty else []
+    ds = ImageDataset(name=check_name(name or root.name, what="dataset"), root=root, samples=samples, notes=notes)
+    return _check_nonempty(ds, root)
 
 
 def csv_manifest(path: str | Path, *, name: str | None = None) -> ImageDataset:
     """Read a CSV manifest with a header ``path,label``; relative paths are relative to the CSV's folder.
 
+    Rows repeated exactly are read once (noted in ``notes``).
+
     Raises:
-        DatasetError: no such file, missing columns, a blank label, or a listed file that does not exist.
+        DatasetError: no such file; missing columns; a blank path or label (naming the line); a path
+            that leads outside the manifest's folder; listed files that do not exist (the count and the
+            first lines); one file listed with two different labels.
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DatasetError(f"dataset: manifest {path} must exist; got no such file.")
     root = path.parent
-    samples = []
+    samples: dict[str, Sample] = {}
+    lines: dict[str, int] = {}
+    missing: list[str] = []
+    duplicates = 0
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+        if reader.fieldnames is None or not {"path", "label"} <= {c.strip() for c in reader.fieldnames}:
             raise DatasetError(
                 f"dataset: manifest {path} must have the header columns 'path,label'; got {reader.fieldnames}."
             )
+        reader.fieldnames = [c.strip() for c in reader.fieldnames]
         for line, row in enumerate(reader, start=2):
             rel, label = (row["path"] or "").strip(), (row["label"] or "").strip()
             if not rel or not label:
-                raise DatasetError(f"dataset: manifest {path} line {line} must have a path and a label; got {row}.")
+                raise DatasetError(
+                    f"dataset: manifest {path} line {line} must have a path and a label; got path={rel!r}, label={label!r}."
+                )
             file = (root / rel).resolve()
-            if not file.is_file():
-                raise DatasetError(f"dataset: manifest {path} line {line}: image {file} must exist; got no such file.")
             try:
                 sample_id = file.relative_to(root).as_posix()
             except ValueError:
-                sample_id = file.as_posix()
-            samples.append(Sample(sample_id, file, label))
-    return _check_nonempty(ImageDataset(name=check_name(name or path.stem, what="dataset"), root=root, samples=samples), path)
+                raise DatasetError(
+                    f"dataset: manifest {path} line {line}: image paths must stay inside the manifest's folder {root}; "
+                    f"got {rel!r}. Move the manifest up or the images in."
+                ) from None
+            if sample_id in samples:
+                if samples[sample_id].label != label:
+                    raise DatasetError(
+                        f"dataset: manifest {path}: each image must have one label; got {samples[sample_id].label!r} "
+                        f"(line {lines[sample_id]}) and {label!r} (line {line}) for {rel!r}."
+                    )
+                duplicates += 1
+                continue
+            if not file.is_file():
+                missing.append(f"line {line}: {rel}")
+                continue
+            samples[sample_id] = Sample(sample_id, file, label)
+            lines[sample_id] = line
+    if missing:
+        raise DatasetError(
+            f"dataset: manifest {path}: every listed image must exist; got {len(missing)} missing "
+            f"({'; '.join(missing[:5])}{'; ...' if len(missing) > 5 else ''}). Fix the paths or remove those rows."
+        )
+    notes = [f"ignored {duplicates} repeated row(s) of the manifest"] if duplicates else []
+    ds = ImageDataset(name=check_name(name or path.stem, what="dataset"), root=root, samples=list(samples.values()), notes=notes)
+    return _check_nonempty(ds, path)
+
+
+def check_rankable(ds: ImageDataset, min_per_class: int = 2) -> ImageDataset:
+    """A ranking needs at least 2 classes and ``min_per_class`` images in every class.
+
+    Raises:
+        DatasetError: naming the classes that fall short.
+    """
+    if len(ds.classes) < 2:
+        raise DatasetError(
+            f"dataset {ds.name!r}: must have at least 2 classes; got {len(ds.classes)} ({ds.classes}). "
+            "Add a sub-folder (or manifest label) per class."
+        )
+    counts = {c: 0 for c in ds.classes}
+    for s in ds.samples:
+        counts[s.label] += 1
+    small = sorted(c for c, n in counts.items() if n < min_per_class)
+    if small:
+        raise DatasetError(
+            f"dataset {ds.name!r}: every class must have at least {min_per_class} images; got fewer for {small[:10]}"
+            f"{' ...' if len(small) > 10 else ''}. Add images to those classes or remove them."
+        )
+    return ds
 
 
 # --- built-in demo datasets ----------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_csv_manifest_errors_name_the_line(tmp_path):
     with pytest.raises(DatasetError, match="must have the header columns 'path,label'"):
         csv_manifest(bad)
     bad.write_text("path,label\nmissing.png,a\n")
-    with pytest.raises(DatasetError, match=r"line 2: image .*missing.png must exist"):
+    with pytest.raises(DatasetError, match=r"every listed image must exist; got 1 missing \(line 2: missing.png\)"):
         csv_manifest(bad)
 
 
@@ -103,3 +103,50 @@ def test_torchvision_dataset_materialises_as_image_folder(tmp_path):
     root = resolve_dataset("torchvision:FakeData", datasets_dir=tmp_path)
     assert root.name == "torchvision-fakedata"
     assert len(root) == 1000 and len(root.classes) == 10
+
+
+def test_csv_manifest_rows_blank_duplicate_outside(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for n in ("a.png", "b.png", "c.png", "d.png"):
+        Image.new("L", (4, 4), 1).save(folder / n)
+    Image.new("L", (4, 4), 1).save(tmp_path / "outside.png")
+    manifest = folder / "labels.csv"
+    manifest.write_text("path,label\na.png,x\nb.png,x\na.png,x\nc.png,y\nd.png,y\n")
+    ds = csv_manifest(manifest)
+    assert len(ds) == 4 and ds.notes == ["ignored 1 repeated row(s) of the manifest"]
+    manifest.write_text("path,label\na.png,x\nb.png,\n")
+    with pytest.raises(DatasetError, match=r"line 3 must have a path and a label; got path='b.png', label=''"):
+        csv_manifest(manifest)
+    manifest.write_text("path,label\na.png,x\na.png,y\n")
+    with pytest.raises(DatasetError, match=r"each image must have one label; got 'x' \(line 2\) and 'y' \(line 3\)"):
+        csv_manifest(manifest)
+    manifest.write_text("path,label\n../outside.png,x\n")
+    with pytest.raises(DatasetError, match=r"line 2: image paths must stay inside the manifest's folder"):
+        csv_manifest(manifest)
+
+
+def test_class_requirements_and_unusual_class_names(tmp_path):
+    from PIL import Image
+
+    from lead.data import check_rankable
+
+    for cls, n in (("sea lion", 2), ("ñandú", 2), ("42", 2), ("empty", 0), ("single", 1)):
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            Image.new("L", (4, 4), i).save(tmp_path / cls / f"{i}.png")
+    ds = image_folder(tmp_path)
+    assert ds.classes == ["42", "sea lion", "single", "ñandú"]
+    assert ds.notes == ["ignored 1 class folder(s) without images: empty"]
+    with pytest.raises(DatasetError, match=r"every class must have at least 2 images; got fewer for \['single'\]"):
+        check_rankable(ds)
+    (tmp_path / "single" / "0.png").unlink()
+    ok = check_rankable(image_folder(tmp_path))
+    assert ok.classes == ["42", "sea lion", "ñandú"]
+    (tmp_path / "one" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (4, 4), i).save(tmp_path / "one" / "a" / f"{i}.png")
+    with pytest.raises(DatasetError, match=r"must have at least 2 classes; got 1 \(\['a'\]\)"):
+        check_rankable(image_folder(tmp_path / "one"))
