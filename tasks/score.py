@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from prefect import task
@@ -9,6 +10,14 @@ from prefect.logging import get_run_logger
 
 from lead.scoring import get_method
 from storage.logits import read_logits
+
+
+#: Scores run one at a time per process, each with all of BLAS's threads. Their libraries are not
+#: thread-safe together: scikit-learn's KMeans (inside N-LEEP's mixture) sets process-wide BLAS thread
+#: limits through threadpoolctl, and a second thread leaving its own limit re-enables BLAS threading
+#: inside the first one's OpenMP loop (OpenBLAS: "Detect OpenMP Loop and this application may hang").
+#: Scoring is cheap next to extraction, which still overlaps with it.
+_SCORING_LOCK = threading.Lock()
 
 
 @task(name="score-model", task_run_name="score-{model}")
@@ -27,7 +36,8 @@ def score_model(model: str, path: str, methods: list[str]) -> dict[str, dict]:
         method = get_method(name)
         started = time.perf_counter()
         try:
-            value = method(features=data.features, logits=data.logits, labels=data.labels)
+            with _SCORING_LOCK:
+                value = method(features=data.features, logits=data.logits, labels=data.labels)
         except Exception as err:  # one method's failure must not hide the others
             logger.warning("%s: %s failed: %s", model, name, err)
             out[name] = {"error": f"{type(err).__name__}: {err}"}

@@ -16,7 +16,7 @@ import pytest
 import timm
 
 from lead.data import image_folder
-from lead.scoring import lead_score
+from lead.scoring import METHODS, get_method, lead_score
 from lead.zoo import save_checkpoint
 from storage.history import query
 from storage.logits import read_logits
@@ -48,10 +48,10 @@ def runs(tmp_path_factory, tiny_dataset, zoo_file):
     from flows.rank_zoo import rank_zoo
 
     store = tmp_path_factory.mktemp("store")
-    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store))
+    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store), methods="all")
     files = sorted((store / "logits").rglob("*.parquet"))
     mtimes = {f: f.stat().st_mtime_ns for f in files}
-    second = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store))
+    second = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store), methods="all")
     return store, first, second, mtimes
 
 
@@ -117,7 +117,7 @@ def test_mlflow_parent_and_child_runs(runs):
     assert tags["dataset"] == "animals" and tags["best_model"] == first["best_model"]
     assert tags["dataset_fingerprint"] == first["dataset_fingerprint"] and tags["zoo_digest"] == first["zoo_digest"]
     assert tags["failed_models"] == "broken"
-    assert parent.data.params["methods"] == "lead"
+    assert parent.data.params["methods"] == ",".join(METHODS)
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     kids = {r.data.tags["model"]: r for r in children}
     assert set(kids) == {"efficientnet_lite0.in1k", "lite0-headless", "broken"}
@@ -128,6 +128,10 @@ def test_mlflow_parent_and_child_runs(runs):
             assert kids[name].info.status == "FINISHED"
     assert kids["broken"].info.status == "FAILED" and "must exist" in kids["broken"].data.tags["error"]
     assert kids["lite0-headless"].data.params["preprocessing.input_size"] == "[32, 32]"
+    # one metric per method that could be computed: the headless model has no source logits for LEEP/NCE
+    headed, headless = kids["efficientnet_lite0.in1k"].data.metrics, kids["lite0-headless"].data.metrics
+    assert {"lead", "logme", "leep", "nce", "nleep", "hscore", "sfda", "transrate"} <= set(headed)
+    assert "leep" not in headless and "nce" not in headless and "logme" in headless
     # findable by tags, as users search in the UI
     found = client.search_runs([exp.experiment_id], filter_string=f"tags.best_model = '{first['best_model']}'")
     assert {r.info.run_id for r in found} == {first["mlflow"]["run_id"], runs[2]["mlflow"]["run_id"]}
@@ -138,7 +142,7 @@ def test_mlflow_parent_and_child_runs(runs):
 def test_rankings_table_through_duckdb(runs):
     store, first, second, _ = runs
     rows = query(store, f"SELECT model, method, score, rank, status, error, mlflow_run_id FROM rankings "
-                        f"WHERE run_id = '{first['run_id']}' ORDER BY model").to_pylist()
+                        f"WHERE run_id = '{first['run_id']}' AND method = 'lead' ORDER BY model").to_pylist()
     assert [r["model"] for r in rows] == ["broken", "efficientnet_lite0.in1k", "lite0-headless"]
     assert rows[0]["status"] == "failed" and rows[0]["score"] is None and rows[0]["rank"] is None
     models = by_model(first)
@@ -146,7 +150,7 @@ def test_rankings_table_through_duckdb(runs):
         assert r["score"] == pytest.approx(models[r["model"]]["scores"]["lead"]) and r["rank"] == models[r["model"]]["ranks"]["lead"]
         assert r["mlflow_run_id"] == first["mlflow"]["run_id"]
     n = query(store, "SELECT count(DISTINCT run_id) AS runs, count(*) AS rows FROM rankings").to_pylist()[0]
-    assert n == {"runs": 2, "rows": 6}
+    assert n == {"runs": 2, "rows": 2 * 3 * len(METHODS)}
     assert query(store, "SELECT count(*) AS n FROM logits").to_pylist() == [{"n": 48}]
 
 
@@ -182,3 +186,23 @@ def test_every_model_failing_fails_the_flow_after_recording(tmp_path, tiny_datas
         rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s"))
     rows = query(tmp_path / "s", "SELECT model, status FROM rankings").to_pylist()
     assert rows == [{"model": "gone", "status": "failed"}]
+
+
+def test_every_method_is_computed_and_a_method_failing_on_a_model_is_recorded(runs):
+    store, first, _, _ = runs
+    models = by_model(first)
+    lite0 = models["efficientnet_lite0.in1k"]
+    data = read_logits(lite0["extraction"]["path"])
+    for method in METHODS:
+        if method == "gbc":
+            continue
+        expected = get_method(method)(features=data.features, logits=data.logits, labels=data.labels)
+        assert lite0["scores"][method] == pytest.approx(expected, rel=1e-9), method
+    # GBC needs N >= 64 for its 64 PCA components; 24 images: recorded per model, not fatal
+    assert "gbc" not in lite0["scores"] and "n_components" in lite0["method_errors"]["gbc"]
+    assert "source logits must be given" in models["lite0-headless"]["method_errors"]["leep"]
+    rows = query(store, f"SELECT model, status, error FROM rankings WHERE run_id = '{first['run_id']}' "
+                        "AND method = 'leep' ORDER BY model").to_pylist()
+    assert [(r["model"], r["status"]) for r in rows] == [
+        ("broken", "failed"), ("efficientnet_lite0.in1k", "ok"), ("lite0-headless", "failed")]
+    assert "source logits must be given" in rows[2]["error"]
