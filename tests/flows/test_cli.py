@@ -56,6 +56,6 @@ def test_bad_input_is_one_line_and_exit_code_two(tmp_path):
     assert result.output.strip().startswith("error: dataset:") and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["rank", "-d", "animal-mnist-fewshot", "-z", "efficientnet-lite", "-m", "nope",
                                  "--store", str(tmp_path)])
-    assert result.exit_code == 2 and "method must be one of ['lead']; got 'nope'" in result.output
+    assert result.exit_code == 2 and "method must be one of ['gbc', 'hscore', 'lead', 'leep', 'logme', 'nce', 'nleep', 'sfda', 'transrate']; got 'nope'" in result.output
     result = runner.invoke(app, ["history", "--store", str(tmp_path), "--sql", "SELEC nonsense"])
     assert result.exit_code == 2 and result.output.startswith("error:")
