@@ -21,6 +21,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+#: A tracking server that is down must not hold a ranking for minutes: MLflow's own defaults (7 retries,
+#: backoff factor 2, 120 s timeout) wait about 4 minutes before giving up. Ours give up in seconds;
+#: set the variables to override.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 #: Limits of one ``log_batch`` request (MLflow REST API).
 MAX_PARAMS_PER_BATCH = 100
