@@ -115,9 +115,7 @@ def bench(
             [],
             artifact={"rows": rows, "mean_weighted_tau": mean, "failures": failures, "scores": scores},
         )
-        tracker.client.log_artifact(parent, str(plot_path))
-        tracker.client.log_artifact(parent, str(table_path))
-        tracker.client.log_text(parent, md, "weighted_tau.md")
+        tracker.log_artifacts(parent, [plot_path, table_path], {"weighted_tau.md": md})
         mlflow_info.update(experiment_id=exp, run_id=parent, url=run_url(settings.tracking_uri, exp, parent))
     except Exception as err:
         logger.error("MLflow logging of the bench run failed: %s", err)

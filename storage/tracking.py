@@ -12,6 +12,7 @@ plus ``rank_<method>``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -64,24 +65,41 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 class Tracker:
     """A small service object around ``MlflowClient`` for one tracking URI.
 
+    For a SQLite store every operation holds an inter-process file lock (``<db>.lock``): two rankings
+    on one store at once otherwise race on the database's first migration (seen: "Online migration
+    expected to match one row") and on SQLite's single writer. A tracking server needs no lock.
+
     Args:
         tracking_uri: e.g. ``sqlite:////abs/store/mlflow.db`` or ``http://host:5000``.
         artifact_root: folder for new experiments' artifacts (a local store); None lets the server decide.
     """
 
+    #: Seconds to wait for another process's MLflow write before giving up.
+    LOCK_TIMEOUT_S = 300
+
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+        from filelock import FileLock
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+        self._lock = contextlib.nullcontext()
         if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(f"{db}.lock", timeout=self.LOCK_TIMEOUT_S)
+        with self._lock:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.client.search_experiments(max_results=1)  # creates and migrates a new database, under the lock
 
     def ensure_experiment(self, name: str) -> str:
         """Id of experiment ``name``, created (with an artifact location under ``artifact_root``) if new."""
         from mlflow.exceptions import MlflowException
 
+        with self._lock:
+            return self._ensure_experiment(name, MlflowException)
+
+    def _ensure_experiment(self, name: str, MlflowException) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
@@ -98,8 +116,17 @@ class Tracker:
 
     def start_parent(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         """Create the parent run of a selection (status RUNNING); returns its run id."""
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        with self._lock:
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         return run.info.run_id
+
+    def log_artifacts(self, run_id: str, paths: list[Path], texts: dict[str, str] | None = None) -> None:
+        """Upload files and small texts (name -> content) as artifacts of ``run_id``."""
+        with self._lock:
+            for p in paths:
+                self.client.log_artifact(run_id, str(p))
+            for name, text in (texts or {}).items():
+                self.client.log_text(run_id, text, name)
 
     def log(self, run_id: str, record: RunRecord) -> None:
         """Log tags, params and metrics of ``record`` in as few ``log_batch`` calls as the limits allow."""
@@ -122,6 +149,10 @@ class Tracker:
 
         Returns {model name: child run id}. Marks every run FINISHED (children of failed models FAILED).
         """
+        with self._lock:
+            return self._log_selection(experiment_id, parent_id, parent, children, artifact)
+
+    def _log_selection(self, experiment_id, parent_id, parent, children, artifact) -> dict[str, str]:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         child_ids = {}
