@@ -1,0 +1,192 @@
+"""Faults: failing models, an unreachable tracking server, changed data, names, a killed run, and two
+rankings at once on one store. Each is a case of docs/errors.md."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from typer.testing import CliRunner
+
+from lead.errors import InputError
+from lead.zoo import save_checkpoint
+from storage.history import query
+from tests.conftest import lite_entry, write_zoo
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+LEAD = str(Path(sys.executable).with_name("lead"))
+
+
+def tiny_entry(name, arch, path, size=32):
+    return {"name": name, "arch": arch, "weights": f"file:{path}", "input_size": size, "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+@pytest.fixture(scope="module")
+def faulty_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faulty")
+    nan = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+    with torch.no_grad():
+        nan.conv_stem.weight.fill_(float("nan"))
+    save_checkpoint(nan, root / "nan.safetensors")
+    save_checkpoint(timm.create_model("test_vit3", pretrained=False, num_classes=3), root / "vit.safetensors")
+    save_checkpoint(timm.create_model("test_efficientnet", pretrained=False, num_classes=3), root / "effnet.safetensors")
+    (root / "corrupt.pth").write_bytes(b"\x80\x04 not a pickle")
+    return write_zoo(root / "zoo.yaml", [
+        lite_entry(0),
+        tiny_entry("nan-features", "test_efficientnet", "nan.safetensors"),
+        tiny_entry("forward-raises", "test_vit3", "vit.safetensors"),  # fixed 160 px input, given 32
+        tiny_entry("wrong-arch", "resnet18", "effnet.safetensors"),
+        tiny_entry("corrupt", "resnet18", "corrupt.pth"),
+        tiny_entry("unknown-arch", "no_such_net", "effnet.safetensors"),
+    ])
+
+
+def test_each_failing_model_has_its_reason_and_the_others_are_ranked(tmp_path, tiny_dataset, faulty_zoo):
+    from flows.rank_zoo import rank_zoo
+
+    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(faulty_zoo), store=str(tmp_path / "s"), methods=["lead", "logme"])
+    models = {m["model"]: m for m in sel["models"]}
+    assert sel["best_model"] == "efficientnet_lite0.in1k" and models["efficientnet_lite0.in1k"]["status"] == "ok"
+    expected = {
+        "nan-features": "features must be finite; got NaN or Inf in 24 of 24 rows",
+        "forward-raises": "Input height (32) doesn't match model (160)",
+        "wrong-arch": "must fit resnet18",
+        "corrupt": "must be a readable state dict",
+        "unknown-arch": "arch must be a timm architecture; got 'no_such_net'",
+    }
+    for name, text in expected.items():
+        assert models[name]["status"] == "failed" and text in models[name]["error"], (name, models[name]["error"])
+        assert models[name]["ranks"] == {}
+    rows = query(tmp_path / "s", "SELECT model, status FROM rankings WHERE method = 'lead' AND status = 'failed'").to_pylist()
+    assert {r["model"] for r in rows} == set(expected)
+
+
+def test_timm_weights_offline_fail_fast_with_the_reason(tmp_path, tiny_dataset, monkeypatch):
+    from flows.rank_zoo import rank_zoo
+
+    import huggingface_hub.constants
+
+    # HF_HUB_OFFLINE=1 in the environment before the import; here the session has imported the hub already
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), {**lite_entry(1), "name": "hub", "arch": "resnet18",
+                                                            "weights": "timm:a1_in1k"}])
+    started = time.perf_counter()
+    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s"))
+    hub = next(m for m in sel["models"] if m["model"] == "hub")
+    assert "timm weights resnet18.a1_in1k must be downloadable" in hub["error"]
+    assert time.perf_counter() - started < 30
+
+
+def test_unreachable_tracking_server_keeps_the_ranking(tmp_path, tiny_dataset):
+    from flows.cli import app
+
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(1)])
+    store = tmp_path / "s"
+    started = time.perf_counter()
+    out = CliRunner().invoke(app, ["rank", "-d", str(tiny_dataset), "-z", str(zoo), "--store", str(store),
+                                   "--tracking-uri", "http://127.0.0.1:9"], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "Ranking of 2 models" in out.output and "MLflow logging failed" in out.output
+    assert "the ranking is in the rankings table" in out.output
+    rows = query(store, "SELECT model, mlflow_run_id FROM rankings ORDER BY model").to_pylist()
+    assert [r["model"] for r in rows] == ["efficientnet_lite0.in1k", "efficientnet_lite1.in1k"]
+    assert {r["mlflow_run_id"] for r in rows} == {""}
+    assert time.perf_counter() - started < 90
+
+
+def test_changed_files_are_re_extracted_and_unchanged_never(tmp_path, tiny_dataset):
+    from flows.rank_zoo import rank_zoo
+
+    data = shutil.copytree(tiny_dataset, tmp_path / "data")
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
+    store = tmp_path / "s"
+    first = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store))
+    same = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store))
+    image = next((data / "cat").iterdir())
+    image.write_bytes(image.read_bytes() + b"\0")  # same pixels, different bytes: a different file
+    changed = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store))
+    assert [m["extraction"]["status"] for m in (first["models"][0], same["models"][0], changed["models"][0])] == [
+        "extracted", "cached", "extracted"]
+    assert first["dataset_fingerprint"] == same["dataset_fingerprint"] != changed["dataset_fingerprint"]
+    assert len(list((store / "logits").glob("dataset=*"))) == 2
+
+
+def test_names_that_would_escape_the_store_are_refused(tmp_path, tiny_dataset):
+    from flows.cli import app
+
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
+    for name in ("..", "../x", "/abs", "a/b"):
+        out = CliRunner().invoke(app, ["rank", "-d", str(tiny_dataset), "-z", str(zoo), "--store", str(tmp_path),
+                                       "--name", name])
+        assert out.exit_code == 2 and "name must be a plain name" in out.output, out.output
+    with pytest.raises(InputError, match="name must be a plain name"):
+        from lead.zoo import load_zoo
+
+        load_zoo(write_zoo(tmp_path / "bad.yaml", [{**lite_entry(0), "name": "../../etc"}]))
+    assert not (tmp_path / "logits").exists()
+
+
+def lead_rank(*args, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "ERROR"}
+    return subprocess.Popen([LEAD, "rank", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            **kwargs)
+
+
+def test_two_rankings_at_once_on_one_store(tmp_path, tiny_dataset):
+    a = shutil.copytree(tiny_dataset, tmp_path / "a")
+    b = shutil.copytree(tiny_dataset, tmp_path / "b")
+    (next((b / "cat").iterdir())).unlink()  # a different dataset
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(1)])
+    store = tmp_path / "store"
+    procs = [lead_rank("-d", str(d), "-z", str(zoo), "--store", str(store)) for d in (a, b)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("MLflow logging failed" not in o for o in outs)
+    rows = query(store, "SELECT dataset, count(*) AS n, count(DISTINCT mlflow_run_id) AS runs, min(mlflow_run_id) AS run "
+                        "FROM rankings GROUP BY dataset ORDER BY dataset").to_pylist()
+    assert [(r["dataset"], r["n"], r["runs"]) for r in rows] == [("a", 2, 1), ("b", 2, 1)]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    for r in rows:
+        parent = client.get_run(r["run"])
+        assert parent.info.status == "FINISHED" and parent.data.tags["dataset"] == r["dataset"]
+    import pyarrow.parquet as pq
+
+    files = list((store / "logits").rglob("*.parquet"))
+    assert len(files) == 4 and all(pq.read_table(f).num_rows in (23, 24) for f in files)
+
+
+def test_a_killed_run_leaves_no_partial_file_and_the_rerun_reuses_what_finished(tmp_path):
+    from flows.rank_zoo import rank_zoo
+
+    store = tmp_path / "store"
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(2, size=96)])
+    proc = lead_rank("-d", "animal-mnist-fewshot", "-z", str(zoo), "--store", str(store), "--max-workers", "1",
+                     "--batch-size", "8")
+    deadline = time.time() + 240
+    partial = []
+    while time.time() < deadline and proc.poll() is None:
+        partial = list((store / "logits").rglob(".part-0.parquet.*.tmp")) if (store / "logits").exists() else []
+        if any("lite2" in str(p) for p in partial):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the ranking finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished = list((store / "logits").rglob("part-0.parquet"))
+    assert [f.parent.name for f in finished] == ["model=efficientnet_lite0.in1k"]
+    # the half-written file is invisible to the store's readers
+    assert query(store, "SELECT DISTINCT model FROM logits").to_pylist() == [{"model": "efficientnet_lite0.in1k"}]
+    assert query(store, "SELECT count(*) AS n FROM rankings").to_pylist() == [{"n": 0}]
+    rerun = rank_zoo(dataset="animal-mnist-fewshot", zoo=str(zoo), store=str(store))
+    status = {m["model"]: m["extraction"]["status"] for m in rerun["models"]}
+    assert status == {"efficientnet_lite0.in1k": "cached", "efficientnet_lite2.in1k": "extracted"}
