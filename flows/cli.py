@@ -39,9 +39,11 @@ StoreOpt = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")]
 
 
-def _fail(err: BaseException, debug: bool, code: int = 1):
+def _fail(err: BaseException, debug, code: int = 1):
+    """Print ``err`` as one red line and exit with ``code``; with ``debug`` (True or the original
+    exception) re-raise instead so the traceback shows."""
     if debug:
-        raise err
+        raise (debug if isinstance(debug, BaseException) else err)
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -170,6 +172,8 @@ def rank(
         )
     except (InputError, DatasetError, ModelLoadError, ScoreError) as err:
         _fail(err, debug, code=2 if isinstance(err, InputError) else 1)
+    except Exception as err:  # anything unexpected still gets one line, unless --debug
+        _fail(RuntimeError(f"{type(err).__name__}: {err} (run again with --debug for the traceback)"), debug and err, code=1)
     if as_json:
         typer.echo(json.dumps(sel, indent=2, default=str))
     else:
@@ -285,6 +289,8 @@ def bench(
                             device=device, show_progress=not as_json and sys.stderr.isatty())
     except InputError as err:
         _fail(err, debug, code=2)
+    except Exception as err:  # anything unexpected still gets one line, unless --debug
+        _fail(RuntimeError(f"{type(err).__name__}: {err} (run again with --debug for the traceback)"), debug and err, code=1)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
