@@ -45,21 +45,33 @@ FORKSERVER_PRELOAD = ["torch", "torchvision.transforms", "timm.data", "PIL.Image
 
 
 @lru_cache(maxsize=1)
-def loader_context():
-    """The multiprocessing context of the DataLoader workers: a fork server where the OS has one.
-
-    Plain ``fork`` deadlocks here: the flow runs extraction and scoring in threads of one process, and
-    forking while another thread is inside an OpenBLAS call hangs in OpenBLAS's fork handler (seen with
-    numpy's bundled OpenBLAS). A fork server is a clean single-threaded process started once, with
-    torch and the transforms already imported, from which workers are forked.
-    """
+def _forkserver_context():
     import multiprocessing as mp
 
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
     return ctx
+
+
+def loader_context():
+    """The multiprocessing context for the DataLoader workers.
+
+    ``fork`` while this process has a single thread (a plain script: fast, and no ``__main__`` guard
+    needed); a fork server as soon as other threads run (the flow, which extracts and scores in a thread
+    pool). Forking while another thread is inside an OpenBLAS call hangs in OpenBLAS's fork handler (seen
+    here with numpy's bundled OpenBLAS); a fork server is a clean single-threaded process, started once with
+    torch and the transforms imported, from which workers are forked. Like any non-fork start method it
+    imports the caller's main module in the workers, which scripts guard with ``if __name__ == "__main__"``.
+    """
+    import multiprocessing as mp
+    import threading
+
+    methods = mp.get_all_start_methods()
+    if threading.active_count() == 1 and "fork" in methods:
+        return mp.get_context("fork")
+    if "forkserver" in methods:
+        return _forkserver_context()
+    return mp.get_context("spawn")
 
 
 def build_transform(spec: ModelSpec):
