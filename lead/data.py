@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import hashlib
 import os
 import pickle
@@ -121,8 +122,10 @@ def check_name(name: str, *, what: str) -> str:
 
 def _check_nonempty(ds: ImageDataset, source: Path) -> ImageDataset:
     if len(ds) == 0:
-        raise DatasetError(f"dataset {ds.name!r}: {source} must contain images; got none. "
-                           f"Supported suffixes: {', '.join(IMAGE_SUFFIXES)}.")
+        if source.is_file():
+            raise DatasetError(f"dataset {ds.name!r}: manifest {source} must list images; got a header and no rows.")
+        raise DatasetError(f"dataset {ds.name!r}: {source} must contain images in one sub-folder per class; got none. "
+                           f"Image suffixes read: {', '.join(IMAGE_SUFFIXES)}.")
     return ds
 
 
@@ -174,12 +177,18 @@ def csv_manifest(path: str | Path, *, name: str | None = None) -> ImageDataset:
     lines: dict[str, int] = {}
     missing: list[str] = []
     duplicates = 0
-    with open(path, newline="", encoding="utf-8") as f:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (as Excel writes) is not part of the header
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"dataset: manifest {path} must be UTF-8 text; got byte {err.object[err.start]:#04x} at position {err.start}. "
+            "Save it as UTF-8 (CSV UTF-8 in Excel)."
+        ) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"path", "label"} <= {c.strip() for c in reader.fieldnames}:
-            raise DatasetError(
-                f"dataset: manifest {path} must have the header columns 'path,label'; got {reader.fieldnames}."
-            )
+            got = "an empty file" if reader.fieldnames is None else f"the columns {reader.fieldnames}"
+            raise DatasetError(f"dataset: manifest {path} must have the header columns 'path,label'; got {got}.")
         reader.fieldnames = [c.strip() for c in reader.fieldnames]
         for line, row in enumerate(reader, start=2):
             rel, label = (row["path"] or "").strip(), (row["label"] or "").strip()
@@ -423,5 +432,6 @@ def resolve_dataset(spec: str | Path, *, datasets_dir: str | Path, name: str | N
         return image_folder(folder, name=name or folder.name)
     raise DatasetError(
         f"dataset: {spec!r} must be an ImageFolder directory, a .csv manifest (path,label), a demo name "
-        f"({', '.join(sorted(DEMO_DATASETS))}) or torchvision:<Class>[:<split>]; got none of these."
+        f"({', '.join(sorted(DEMO_DATASETS))}) or torchvision:<Class>[:<split>]; got "
+        f"{'a file of another kind' if path.exists() else 'no such file or directory'}."
     )

@@ -8,6 +8,8 @@ writes them to Parquet).
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from lead.data import Sample
+from lead.errors import InputError
 from lead.zoo import ModelSpec
 
 
@@ -32,12 +35,25 @@ class Batch:
 
 
 def select_device(requested: str | None = None) -> str:
-    """``requested`` if given (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else ``cuda`` when available, else ``cpu``."""
+    """``requested`` if given (``cpu``, ``cuda``, ``cuda:N``, ``mps``), else ``cuda`` when available, else ``cpu``.
+
+    Raises:
+        InputError: an unknown device, or one this machine does not have.
+    """
     import torch
 
-    if requested and requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not requested or requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", requested):
+        raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps; got {requested!r}.")
+    if requested.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index >= count:
+            raise InputError(f"device {requested!r} must exist; got {count} CUDA device(s) on this machine. Use --device auto or cpu.")
+    if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' must be available; got none on this machine. Use --device auto or cpu.")
+    return requested
 
 
 #: Modules the DataLoader's fork server imports once, so each worker starts in milliseconds.

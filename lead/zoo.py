@@ -231,8 +231,10 @@ def _read_state_dict(path: Path, model_name: str) -> dict:
     except FileNotFoundError as err:
         raise ModelLoadError(f"model {model_name!r}: checkpoint {path} must exist; got no such file.") from err
     except Exception as err:  # corrupt file, pickle with code, wrong format
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise ModelLoadError(
-            f"model {model_name!r}: checkpoint {path} must be a readable state dict; got {type(err).__name__}: {err}."
+            f"model {model_name!r}: checkpoint {path} must be a readable state dict (PyTorch .pth/.pt or .safetensors); "
+            f"got {type(err).__name__}{': ' + first if first else ''}. Check that the file is complete and of that format."
         ) from err
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
@@ -309,13 +311,20 @@ def load_model(spec: ModelSpec):
         weight = state.get(f"{classifier}.weight")
         num_classes = int(weight.shape[0]) if weight is not None else 0
     model = _create(spec, pretrained=False, num_classes=num_classes)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        def some(keys):
+            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
         raise ModelLoadError(
-            f"model {spec.name!r}: checkpoint {path} must fit {spec.arch}; got {str(err).splitlines()[0]}. "
+            f"model {spec.name!r}: checkpoint {path} must fit {spec.arch}; got {len(missing)} missing keys ({some(missing)}), "
+            f"{len(unexpected)} unexpected keys ({some(unexpected)}), {len(mismatched)} of another shape ({some(mismatched)}). "
             "Check 'arch' and 'num_classes' in the zoo file."
-        ) from err
+        )
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 

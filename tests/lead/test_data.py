@@ -63,7 +63,7 @@ def test_unknown_dataset_and_bad_names_are_refused(tmp_path):
     with pytest.raises(DatasetError, match="must be an ImageFolder directory, a .csv manifest"):
         resolve_dataset("no-such-thing", datasets_dir=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="must contain images; got none"):
+    with pytest.raises(DatasetError, match="must contain images in one sub-folder per class; got none"):
         image_folder(tmp_path / "empty")
     with pytest.raises(InputError, match="name must be a plain name"):
         image_folder(tmp_path, name="../escape")
@@ -150,3 +150,25 @@ def test_class_requirements_and_unusual_class_names(tmp_path):
         Image.new("L", (4, 4), i).save(tmp_path / "one" / "a" / f"{i}.png")
     with pytest.raises(DatasetError, match=r"must have at least 2 classes; got 1 \(\['a'\]\)"):
         check_rankable(image_folder(tmp_path / "one"))
+
+
+def test_csv_manifest_encodings(tmp_path):
+    from PIL import Image
+
+    for n in ("ä.png", "b.png"):
+        Image.new("L", (4, 4), 1).save(tmp_path / n)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("path,label\nä.png,x\nb.png,y\n".encode("utf-8-sig"))
+    assert csv_manifest(bom).classes == ["x", "y"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,label\nä.png,x\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"must be UTF-8 text; got byte 0xe4 at position 11. Save it as UTF-8"):
+        csv_manifest(latin)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DatasetError, match="must have the header columns 'path,label'; got an empty file"):
+        csv_manifest(empty)
+    header = tmp_path / "header.csv"
+    header.write_text("path,label\n")
+    with pytest.raises(DatasetError, match="must list images; got a header and no rows"):
+        csv_manifest(header)
