@@ -32,6 +32,21 @@ METHOD_HELP = (
     "nleep, hscore, sfda, gbc, transrate."
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from lead import __version__
+
+        typer.echo(f"lead {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Rank a zoo of pre-trained image models for a labelled dataset without fine-tuning them."""
+
+
 StoreOpt = Annotated[
     Path | None,
     typer.Option("--store", help="Store folder for datasets, logits, rankings and MLflow. (env: LEAD_STORE; default: ./lead-store)"),
@@ -53,14 +68,64 @@ def _quiet(verbose: bool) -> None:
     unless --verbose. Telemetry is off (these machines are often offline)."""
     import logging
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    # Without --verbose the CLI itself reports every warning and error (notes, skipped images, failed
+    # models), so Prefect's copies of them, and its tracebacks, stay out of the terminal.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     if not verbose:
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("mlflow", "alembic", "huggingface_hub", "urllib3"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _terminate_children() -> None:
+    """SIGTERM this process's child processes (the ephemeral Prefect server, the DataLoader fork server),
+    which an immediate exit would otherwise leave running. Linux (/proc) only; elsewhere a no-op."""
+    import signal
+
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == me:
+                os.kill(int(stat.parent.name), signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+#: Seconds a Ctrl-C leaves running extractions to stop after their current batch and remove their
+#: temporary files, before the process exits.
+INTERRUPT_GRACE_S = 3.0
+
+
+def _cancel_on_interrupt() -> None:
+    """On Ctrl-C stop promptly and cleanly: running extractions stop after their current batch (their
+    temporary files are removed; finished logits files stay for the rerun), then the process exits with
+    status 130. Unwinding through Prefect instead took minutes here, because Ctrl-C also stops the
+    ephemeral Prefect server and the client retries it. A second Ctrl-C exits at once."""
+    import signal
+    import threading
+    import time
+
+    from lead.extract import CANCEL
+
+    def leave():
+        time.sleep(INTERRUPT_GRACE_S)
+        _terminate_children()
+        sys.stderr.write("interrupted: finished logits files are kept; run the same command again to resume.\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    def handler(signum, frame):
+        if CANCEL.is_set():
+            os._exit(130)
+        CANCEL.set()
+        sys.stderr.write("\ninterrupting: stopping the extractions after their current batch...\n")
+        threading.Thread(target=leave, daemon=True).start()
+
+    signal.signal(signal.SIGINT, handler)
 
 
 def _console():
@@ -75,8 +140,9 @@ def _print_selection(sel: dict) -> None:
 
     console = _console()
     methods = sel["methods"]
+    n_models = len(sel["models"])
     table = Table(
-        title=f"Ranking of {len(sel['models'])} models on {sel['dataset']} "
+        title=f"Ranking of {n_models} model{'s' if n_models != 1 else ''} on {sel['dataset']} "
         f"({sel['n_samples']} images, {sel['n_classes']} classes), by {sel['primary_method']}",
         title_justify="left",
     )
@@ -95,9 +161,20 @@ def _print_selection(sel: dict) -> None:
             m["model"],
             *[f"{m['scores'][k]:.4f}" if k in m["scores"] else "-" for k in methods],
             extraction,
-            "ok" if m["status"] == "ok" else f"failed: {m['error']}",
+            "ok" if m["status"] == "ok" else f"failed: {m['error'][:150]}{'...' if len(m['error']) > 150 else ''}",
         )
     console.print(table)
+    for method in methods:
+        failed = {m["model"]: m["method_errors"][method] for m in sel["models"] if method in m.get("method_errors", {})
+                  and m["status"] == "ok"}
+        if failed:
+            reasons = sorted(set(failed.values()))
+            console.print(f"[yellow]{method} not computed for {len(failed)} model(s)[/yellow] ({', '.join(failed)}): "
+                          f"{reasons[0]}{f' (and {len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''}")
+    for method in methods:
+        ranks = [m["ranks"][method] for m in sel["models"] if method in m["ranks"]]
+        if len(ranks) > 1 and len(set(ranks)) == 1:
+            console.print(f"[yellow]{method} gives every model the same score[/yellow]: it does not tell them apart here.")
     console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
     for note in sel.get("dataset_notes", []):
         console.print(f"[yellow]dataset[/yellow]: {note}")
@@ -134,6 +211,7 @@ def rank(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass. (env: LEAD_BATCH_SIZE; default 64)")] = None,
     max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. (env: LEAD_MAX_WORKERS; default: GPUs, or 2)")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers", min=0, help="DataLoader processes decoding images per model. (env: LEAD_NUM_WORKERS; default: min(4, cores))")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the selection as JSON instead of a table.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
@@ -157,6 +235,9 @@ def rank(
         # Check the cheap things before a flow run starts, so mistakes cost a second, not a server start.
         settings = Settings.from_env(store=store)
         check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=name))
+        from lead.extract import select_device
+
+        select_device(device or settings.device)
         load_zoo(zoo)
         from flows.rank_zoo import parse_methods
 
@@ -166,14 +247,32 @@ def rank(
         from flows.rank_zoo import DEFAULT_MAX_WORKERS, rank_zoo
 
         flow = rank_zoo.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max_workers or DEFAULT_MAX_WORKERS))
+        _cancel_on_interrupt()
         sel = flow(
             dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,
-            dataset_name=name, device=device, batch_size=batch_size, show_progress=not as_json and sys.stderr.isatty() or verbose,
+            dataset_name=name, device=device, batch_size=batch_size, num_workers=num_workers, show_progress=not as_json and sys.stderr.isatty() or verbose,
         )
-    except (InputError, DatasetError, ModelLoadError, ScoreError) as err:
-        _fail(err, debug, code=2 if isinstance(err, InputError) else 1)
-    except Exception as err:  # anything unexpected still gets one line, unless --debug
+    except BaseException as err:
+        from lead.extract import CANCEL
+
+        if CANCEL.is_set() or isinstance(err, KeyboardInterrupt):  # the failures are the interruption
+            _terminate_children()
+            typer.secho("interrupted: finished logits files are kept; run the same command again to resume.",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130) from None
+        if isinstance(err, (InputError, DatasetError, ModelLoadError, ScoreError)):
+            _fail(err, debug, code=2 if isinstance(err, InputError) else 1)
+        if not isinstance(err, Exception):
+            raise
+        # anything unexpected still gets one line, unless --debug
         _fail(RuntimeError(f"{type(err).__name__}: {err} (run again with --debug for the traceback)"), debug and err, code=1)
+    from lead.extract import CANCEL
+
+    if CANCEL.is_set():  # interrupted after some models finished: not a complete ranking
+        _terminate_children()
+        typer.secho("interrupted: finished logits files are kept; run the same command again to resume.",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
     if as_json:
         typer.echo(json.dumps(sel, indent=2, default=str))
     else:

@@ -34,6 +34,7 @@ from lead import __version__
 from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError
+from lead.evaluation import competition_ranks
 from lead.scoring import METHODS, get_method
 from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import is_complete, logits_path
@@ -164,7 +165,7 @@ def rank_zoo(
             logger.error("%s: %s", spec.name, err)
             continue
         key = extraction_key(fingerprint, spec, digest)
-        out = logits_path(settings.store, fingerprint, spec.name)
+        out = logits_path(settings.store, fingerprint, spec.name, key)
         task = extract_logits.with_options(refresh_cache=not is_complete(out, key))
         futures[spec.name] = task.submit(
             quote(ds),
@@ -213,11 +214,11 @@ def rank_zoo(
         if primary not in models[name]["scores"]:
             models[name].update(status="failed", error=models[name].get("method_errors", {}).get(primary, "not scored"))
 
-    # Ranks per method among the models that have that score (1 = best; ties by name).
+    # Ranks per method among the models that have that score: 1 = best, equal scores share a rank.
     for method in method_ids:
-        scored = sorted((m for m in models.values() if method in m["scores"]), key=lambda m: (-m["scores"][method], m["model"]))
-        for r, m in enumerate(scored, start=1):
-            m["ranks"][method] = r
+        ranks = competition_ranks({m["model"]: m["scores"][method] for m in models.values() if method in m["scores"]})
+        for name, r in ranks.items():
+            models[name]["ranks"][method] = r
     ordered = sorted(models.values(), key=lambda m: (m["ranks"].get(primary, 10**9), m["model"]))
     ok = [m for m in ordered if m["status"] == "ok"]
     best = ok[0]["model"] if ok else ""

@@ -81,3 +81,19 @@ def rank_statistics(scores: Sequence[float], accs: Sequence[float]) -> dict[str,
         "top1_hit": top1_hit(scores, accs),
         "regret": regret(scores, accs),
     }
+
+
+def competition_ranks(scores: dict[str, float]) -> dict[str, int]:
+    """Rank models by score, higher first, with equal scores sharing a rank ("1224" competition
+    ranking): a model's rank is 1 + the number of models with a strictly higher score.
+
+    Args:
+        scores: model name -> finite score.
+    Returns:
+        model name -> rank (int >= 1).
+    """
+    values = sorted(scores.values(), reverse=True)
+    first = {}
+    for i, v in enumerate(values):
+        first.setdefault(v, i + 1)
+    return {name: first[v] for name, v in scores.items()}

@@ -1,4 +1,4 @@
-"""The logits store: one Parquet file per (dataset, model), written atomically.
+"""The logits store: one Parquet file per (dataset, model, weights and preprocessing), written atomically.
 
 Arrow schema (version 1)::
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,8 +47,18 @@ def decode_model_id(encoded: str) -> str:
     return unquote(encoded)
 
 
-def logits_path(store: Path, dataset_fingerprint: str, model: str) -> Path:
-    return Path(store) / "logits" / f"dataset={dataset_fingerprint}" / f"model={encode_model_id(model)}" / "part-0.parquet"
+#: Hex digits of the extraction cache key in a logits file's name.
+KEY_CHARS = 16
+
+
+def logits_path(store: Path, dataset_fingerprint: str, model: str, cache_key: str) -> Path:
+    """``<store>/logits/dataset=<fp>/model=<id>/part-<key>.parquet``: one file per dataset x model x
+    (weights, preprocessing), so two zoos that give one model name different weights or input sizes
+    keep a file each instead of evicting each other's."""
+    return (
+        Path(store) / "logits" / f"dataset={dataset_fingerprint}" / f"model={encode_model_id(model)}"
+        / f"part-{cache_key[:KEY_CHARS]}.parquet"
+    )
 
 
 def make_schema(d: int, cs: int | None, metadata: dict[str, str]) -> pa.Schema:
@@ -64,6 +75,26 @@ def make_schema(d: int, cs: int | None, metadata: dict[str, str]) -> pa.Schema:
 def _fixed_list(x: np.ndarray) -> pa.FixedSizeListArray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+#: A temporary file untouched for this long belongs to a run that was killed (a live writer appends
+#: a row group every few seconds); it is removed before the same file is written again.
+STALE_TMP_S = 3600
+
+
+def remove_stale_temporaries(path: Path, older_than_s: float = STALE_TMP_S) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files beside ``path`` not modified for ``older_than_s`` seconds.
+    Returns the removed paths."""
+    removed = []
+    now = time.time()
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 class LogitsWriter:
@@ -86,6 +117,7 @@ class LogitsWriter:
 
     def __enter__(self) -> LogitsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
         return self
 
     def skip(self, skipped: list[tuple[str, str]]) -> None:

@@ -18,7 +18,7 @@ from prefect.logging import get_run_logger
 
 from lead.data import ImageDataset
 from lead.errors import DatasetError, InputError, ModelLoadError
-from lead.extract import extract
+from lead.extract import CANCEL, extract
 from lead.zoo import ModelSpec, load_model
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
 
@@ -31,7 +31,7 @@ EXTRACT_RETRY_DELAY_S = 5
 def retry_transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry unless the error is a deterministic input or model error."""
     err = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return not isinstance(err, (InputError, ModelLoadError))
+    return not isinstance(err, (InputError, ModelLoadError)) and not CANCEL.is_set()
 
 
 def extraction_key(dataset_fingerprint: str, spec: ModelSpec, weights_digest: str) -> str:

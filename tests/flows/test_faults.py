@@ -175,14 +175,14 @@ def test_a_killed_run_leaves_no_partial_file_and_the_rerun_reuses_what_finished(
     deadline = time.time() + 240
     partial = []
     while time.time() < deadline and proc.poll() is None:
-        partial = list((store / "logits").rglob(".part-0.parquet.*.tmp")) if (store / "logits").exists() else []
+        partial = list((store / "logits").rglob(".part-*.parquet.*.tmp")) if (store / "logits").exists() else []
         if any("lite2" in str(p) for p in partial):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the ranking finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    finished = list((store / "logits").rglob("part-0.parquet"))
+    finished = list((store / "logits").rglob("part-*.parquet"))
     assert [f.parent.name for f in finished] == ["model=efficientnet_lite0.in1k"]
     # the half-written file is invisible to the store's readers
     assert query(store, "SELECT DISTINCT model FROM logits").to_pylist() == [{"model": "efficientnet_lite0.in1k"}]
@@ -190,3 +190,22 @@ def test_a_killed_run_leaves_no_partial_file_and_the_rerun_reuses_what_finished(
     rerun = rank_zoo(dataset="animal-mnist-fewshot", zoo=str(zoo), store=str(store))
     status = {m["model"]: m["extraction"]["status"] for m in rerun["models"]}
     assert status == {"efficientnet_lite0.in1k": "cached", "efficientnet_lite2.in1k": "extracted"}
+
+
+def test_ctrl_c_stops_promptly_and_cleanly(tmp_path):
+    store = tmp_path / "store"
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0, size=96), lite_entry(1, size=96)])
+    proc = lead_rank("-d", "animal-mnist-fewshot", "-z", str(zoo), "--store", str(store), "--batch-size", "4")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (store / "logits").exists() and list((store / "logits").rglob(".part-*.tmp")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the ranking finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    started = time.time()
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert time.time() - started < 20
+    assert "interrupted: finished logits files are kept; run the same command again to resume." in out
+    assert not list((store / "logits").rglob("*.tmp"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lead.errors import InputError
-from lead.evaluation import kendall_tau, rank_statistics, regret, spearman_rho, top1_hit, weighted_tau
+from lead.evaluation import competition_ranks, kendall_tau, rank_statistics, regret, spearman_rho, top1_hit, weighted_tau
 
 
 def weighted_tau_by_hand(x, y):
@@ -68,3 +68,9 @@ def test_bad_inputs():
         weighted_tau([1], [1])
     with pytest.raises(InputError, match="must be finite"):
         regret([1, float("nan")], [1, 2])
+
+
+def test_competition_ranks_share_ties():
+    assert competition_ranks({"a": 1.0, "b": 1.0, "c": 0.5, "d": 2.0}) == {"d": 1, "a": 2, "b": 2, "c": 4}
+    assert competition_ranks({"x": 1.0, "y": 1.0, "z": 1.0}) == {"x": 1, "y": 1, "z": 1}
+    assert competition_ranks({}) == {}

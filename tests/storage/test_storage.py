@@ -29,12 +29,12 @@ def test_model_ids_encode_reversibly_into_one_path_component(tmp_path):
     for name in ("resnet50.a1_in1k", "org/model:v2", "..", "ünïcode model"):
         enc = encode_model_id(name)
         assert "/" not in enc and decode_model_id(enc) == name
-    p = logits_path(tmp_path, "fp", "../../x")
-    assert p.parent.parent.parent == tmp_path / "logits"
+    p = logits_path(tmp_path, "fp", "../../x", "k" * 64)
+    assert p.parent.parent.parent == tmp_path / "logits" and p.name == "part-kkkkkkkkkkkkkkkk.parquet"
 
 
 def test_logits_file_schema_metadata_and_round_trip(tmp_path):
-    path = logits_path(tmp_path, "fp", "m.tag")
+    path = logits_path(tmp_path, "fp", "m.tag", "0123456789abcdef" * 4)
     feats, logits = write_file(path)
     schema = pq.read_schema(path)
     assert schema.field("sample_id").type == pa.string()
@@ -98,7 +98,25 @@ def test_history_on_an_empty_store_has_the_views(tmp_path):
 
 
 def test_logits_view_reads_partitions(tmp_path):
-    write_file(logits_path(tmp_path, "fp1", "m1"))
-    write_file(logits_path(tmp_path, "fp1", "org/m2"), cs=0)
+    write_file(logits_path(tmp_path, "fp1", "m1", "a" * 64))
+    write_file(logits_path(tmp_path, "fp1", "org/m2", "b" * 64), cs=0)
     rows = query(tmp_path, "SELECT model, count(*) AS n, max(len(features)) AS d FROM logits GROUP BY model ORDER BY model")
     assert rows.to_pylist() == [{"model": "m1", "n": 10, "d": 4}, {"model": "org/m2", "n": 10, "d": 4}]  # DuckDB decodes the partition value
+
+
+def test_stale_temporaries_are_removed_before_writing_again(tmp_path):
+    import os
+    import time
+
+    from storage.logits import STALE_TMP_S
+
+    path = tmp_path / "d" / "part-x.parquet"
+    path.parent.mkdir()
+    stale = path.with_name(f".{path.name}.dead.tmp")
+    fresh = path.with_name(f".{path.name}.live.tmp")
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"being written")
+    old = time.time() - STALE_TMP_S - 10
+    os.utime(stale, (old, old))
+    write_file(path)
+    assert not stale.exists() and fresh.exists() and path.exists()
