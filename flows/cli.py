@@ -95,6 +95,16 @@ def _terminate_children() -> None:
             continue
 
 
+INTERRUPTED = "interrupted: finished logits files are kept; run the same command again to resume."
+
+
+def _interrupted():
+    """Stop after an interruption: children terminated, one line, exit status 130."""
+    _terminate_children()
+    typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(130)
+
+
 #: Seconds a Ctrl-C leaves running extractions to stop after their current batch and remove their
 #: temporary files, before the process exits.
 INTERRUPT_GRACE_S = 3.0
@@ -114,7 +124,7 @@ def _cancel_on_interrupt() -> None:
     def leave():
         time.sleep(INTERRUPT_GRACE_S)
         _terminate_children()
-        sys.stderr.write("interrupted: finished logits files are kept; run the same command again to resume.\n")
+        sys.stderr.write(INTERRUPTED + "\n")
         sys.stderr.flush()
         os._exit(130)
 
@@ -256,10 +266,7 @@ def rank(
         from lead.extract import CANCEL
 
         if CANCEL.is_set() or isinstance(err, KeyboardInterrupt):  # the failures are the interruption
-            _terminate_children()
-            typer.secho("interrupted: finished logits files are kept; run the same command again to resume.",
-                        fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(130) from None
+            _interrupted()
         if isinstance(err, (InputError, DatasetError, ModelLoadError, ScoreError)):
             _fail(err, debug, code=2 if isinstance(err, InputError) else 1)
         if not isinstance(err, Exception):
@@ -269,10 +276,7 @@ def rank(
     from lead.extract import CANCEL
 
     if CANCEL.is_set():  # interrupted after some models finished: not a complete ranking
-        _terminate_children()
-        typer.secho("interrupted: finished logits files are kept; run the same command again to resume.",
-                    fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(130)
+        _interrupted()
     if as_json:
         typer.echo(json.dumps(sel, indent=2, default=str))
     else:

@@ -8,13 +8,13 @@ regret, note``; figure ``run=<run id>.png`` beside it.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from storage.files import atomic_write
 
 BENCH_SCHEMA = pa.schema(
     [
@@ -39,22 +39,11 @@ def bench_dir(store: Path, suite: str) -> Path:
     return Path(store) / "bench" / f"suite={suite}"
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_bench_table(store: Path, suite: str, run_id: str, created_at: datetime, rows: list[dict]) -> Path:
     """Write one bench run's rows atomically; returns the Parquet path."""
     full = [{**r, "run_id": run_id, "created_at": created_at, "suite": suite} for r in rows]
     table = pa.Table.from_pylist(full, schema=BENCH_SCHEMA)
-    return _atomic(bench_dir(store, suite) / f"run={run_id}.parquet", lambda tmp: pq.write_table(table, tmp))
+    return atomic_write(bench_dir(store, suite) / f"run={run_id}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def plot_scores(
@@ -94,6 +83,6 @@ def plot_scores(
             if j == 0:
                 ax.set_ylabel(f"{method} score", fontsize=7)
     path = Path(path)
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

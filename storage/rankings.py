@@ -13,12 +13,12 @@ the table with its reason.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from storage.files import atomic_write
 
 RANKINGS_SCHEMA = pa.schema(
     [
@@ -48,13 +48,5 @@ def rankings_path(store: Path, dataset_fingerprint: str, run_id: str) -> Path:
 
 def write_rankings(store: Path, dataset_fingerprint: str, run_id: str, rows: list[dict]) -> Path:
     """Write one selection's rows atomically (temporary file, then ``os.replace``). Returns the path."""
-    path = rankings_path(store, dataset_fingerprint, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=RANKINGS_SCHEMA)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(rankings_path(store, dataset_fingerprint, run_id), lambda tmp: pq.write_table(table, tmp))
