@@ -305,6 +305,10 @@ def history(
     from storage.history import query, selections
 
     settings = Settings.from_env(store=store)
+    if not settings.store.is_dir():
+        typer.secho(f"error: history: the store {settings.store} must exist; got no such folder. "
+                    "Pass --store or set LEAD_STORE.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     try:
         table = query(settings.store, sql) if sql else selections(settings.store, dataset)
     except duckdb.Error as err:

@@ -337,6 +337,7 @@ def materialise_demo(name: str, datasets_dir: str | Path) -> Path:
     images, labels = DEMO_DATASETS[name].make()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a shared store's users must read it
     try:
         for i, (img, label) in enumerate(zip(images, labels)):
             (tmp / label).mkdir(exist_ok=True)
@@ -400,6 +401,7 @@ def materialise_torchvision(spec: str, datasets_dir: str | Path) -> Path:
         ) from err
     names = list(getattr(ds, "classes", []) or [])
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a shared store's users must read it
     try:
         for i in range(len(ds)):
             img, label = ds[i]

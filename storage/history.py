@@ -18,13 +18,20 @@ import pyarrow as pa
 
 from storage.rankings import RANKINGS_SCHEMA
 
-#: The default answer of ``lead history``: one line per selection, with its best model per method.
+#: The default answer of ``lead history``: one line per selection and method with its best model(s)
+#: (ties listed together), newest first, the ranking method first within a selection. Selections in
+#: which no model could be scored are listed too, with an empty best model.
 SELECTIONS_SQL = """
-SELECT created_at, dataset, method, model AS best_model, score, n_samples, n_classes,
-       run_id, mlflow_run_id
+SELECT any_value(created_at) AS created_at, any_value(dataset) AS dataset, method,
+       string_agg(model, ', ' ORDER BY model) FILTER (WHERE rank = 1) AS best_model,
+       max(score) AS score,
+       count(*) FILTER (WHERE status = 'ok') AS models_scored, count(*) AS models,
+       any_value(n_samples) AS n_samples, any_value(n_classes) AS n_classes,
+       run_id, any_value(mlflow_run_id) AS mlflow_run_id
 FROM rankings
-WHERE rank = 1 {where}
-ORDER BY created_at DESC, method
+{where}
+GROUP BY run_id, method
+ORDER BY any_value(created_at) DESC, run_id, min(instr(params_json, '"' || method || '"'))
 """
 
 
@@ -76,5 +83,5 @@ def selections(store: Path, dataset: str | None = None) -> pa.Table:
     """Past selections (best model per method per run), newest first; ``dataset`` filters by name or fingerprint."""
     where = ""
     if dataset:
-        where = f"AND (dataset = {_sql_str(dataset)} OR dataset_fingerprint = {_sql_str(dataset)})"
+        where = f"WHERE dataset = {_sql_str(dataset)} OR dataset_fingerprint = {_sql_str(dataset)}"
     return query(store, SELECTIONS_SQL.format(where=where))

@@ -59,3 +59,8 @@ def test_bad_input_is_one_line_and_exit_code_two(tmp_path):
     assert result.exit_code == 2 and "method must be one of ['gbc', 'hscore', 'lead', 'leep', 'logme', 'nce', 'nleep', 'sfda', 'transrate']; got 'nope'" in result.output
     result = runner.invoke(app, ["history", "--store", str(tmp_path), "--sql", "SELEC nonsense"])
     assert result.exit_code == 2 and result.output.startswith("error:")
+    result = runner.invoke(app, ["history", "--store", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "the store" in result.output and "must exist; got no such folder" in result.output
+    result = runner.invoke(app, ["rank", "-d", "animal-mnist-fewshot", "-z", "efficientnet-lite", "--device", "tpu",
+                                 "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "device must be auto, cpu, cuda, cuda:N or mps; got 'tpu'" in result.output

@@ -120,3 +120,16 @@ def test_stale_temporaries_are_removed_before_writing_again(tmp_path):
     os.utime(stale, (old, old))
     write_file(path)
     assert not stale.exists() and fresh.exists() and path.exists()
+
+
+def test_history_lists_ties_and_selections_without_a_scored_model(tmp_path):
+    rows = ranking_rows("r1", "a", {"m1": -0.5, "m2": -0.5})
+    for r in rows:
+        r["rank"] = 1
+    failed = ranking_rows("r2", "a", {"m1": 0.0})
+    failed[0].update(score=None, rank=None, status="failed", error="ModelLoadError: x")
+    write_rankings(tmp_path, "fp-a", "r1", rows)
+    write_rankings(tmp_path, "fp-a", "r2", failed)
+    got = {r["run_id"]: r for r in selections(tmp_path, "a").to_pylist()}
+    assert got["r1"]["best_model"] == "m1, m2" and got["r1"]["models_scored"] == 2
+    assert got["r2"]["best_model"] is None and got["r2"]["models_scored"] == 0 and got["r2"]["models"] == 1
