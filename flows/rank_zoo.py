@@ -206,6 +206,7 @@ def rank_zoo(
             err = fut.state.result(raise_on_failure=False)
             models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else str(fut.state.message))
             continue
+        models[name]["scoring"] = "cached" if fut.state.name == "Cached" else "computed"
         for method, res in fut.result().items():
             if "score" in res:
                 models[name]["scores"][method] = res["score"]

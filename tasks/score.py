@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
+from pathlib import Path
 
 from prefect import task
 from prefect.logging import get_run_logger
 
+from lead import __version__
 from lead.scoring import get_method
-from storage.logits import read_logits
+from storage.logits import read_logits, read_metadata
 
 
 #: Scores run one at a time per process, each with all of BLAS's threads. Their libraries are not
@@ -20,11 +24,28 @@ from storage.logits import read_logits
 _SCORING_LOCK = threading.Lock()
 
 
-@task(name="score-model", task_run_name="score-{model}")
+def scoring_key(path: str, methods: list[str]) -> str:
+    """sha256 of what determines the scores: the logits file's extraction key, each method and its
+    knobs, and the package version."""
+    doc = {
+        "logits": read_metadata(Path(path)).get("lead.cache_key", path),
+        "methods": [[m, get_method(m).params] for m in methods],
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_key(context, parameters) -> str:
+    return f"score-{scoring_key(parameters['path'], parameters['methods'])}"
+
+
+@task(name="score-model", task_run_name="score-{model}", cache_key_fn=_cache_key, persist_result=True)
 def score_model(model: str, path: str, methods: list[str]) -> dict[str, dict]:
     """Compute each method in ``methods`` on the logits file at ``path``.
 
-    A method that fails is reported, not raised, so the other methods (and models) still count.
+    Cached on (the file's extraction key, the methods and their knobs, the package version): a second
+    ranking of unchanged inputs recomputes no score. A method that fails is reported, not raised, so the
+    other methods (and models) still count.
 
     Returns:
         {method: {"score": float, "seconds": float} or {"error": "<Type>: <message>"}}.
