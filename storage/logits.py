@@ -140,7 +140,9 @@ class LogitsWriter:
                 "lead.version": __version__,
             }
             self.schema = make_schema(self.d, self.cs, meta)
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+            # no dictionary encoding: features, logits and sample ids are all distinct; trying it made
+            # writing 10x slower (0.69 s against 0.075 s for 2,048 rows of 1,280 + 1,000 floats)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", use_dictionary=False)
         cols = [pa.array(list(sample_ids), pa.string()), pa.array(np.asarray(labels, dtype=np.int32)), _fixed_list(features)]
         if self.cs:
             cols.append(_fixed_list(logits))
