@@ -19,9 +19,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
