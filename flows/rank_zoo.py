@@ -280,7 +280,8 @@ def rank_zoo(
                       "skipped_images": str(len(skipped)),
                       **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {})},
                 params={"methods": ",".join(method_ids), "n_samples": str(len(ds)), "n_classes": str(len(ds.classes)),
-                        **{f"{meth}.{k}": json.dumps(v) for meth, p in params.items() for k, v in p.items()}},
+                        **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v)
+                           for meth, p in params.items() for k, v in p.items()}},
                 metrics={f"best_{primary}": ok[0]["scores"][primary]} if ok else {},
             )
             tracker.log_selection(experiment_id, parent_id, parent, children, artifact={k: v for k, v in selection.items() if k != "mlflow"})

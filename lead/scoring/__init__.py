@@ -9,6 +9,8 @@ them with their reference implementations.
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,6 +98,9 @@ register(
         fn=lead_score,
         needs_features=True,
         needs_logits=False,
+        # every knob with its default, so rankings and MLflow record the values used
+        params={k: p.default for k, p in inspect.signature(lead_score).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "logits"},
         reference="Hu et al., LEAD: Exploring Logit Space Evolution for Model Selection, CVPR 2024",
     )
 )

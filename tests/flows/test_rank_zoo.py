@@ -118,6 +118,11 @@ def test_mlflow_parent_and_child_runs(runs):
     assert tags["dataset_fingerprint"] == first["dataset_fingerprint"] and tags["zoo_digest"] == first["zoo_digest"]
     assert tags["failed_models"] == "broken"
     assert parent.data.params["methods"] == ",".join(METHODS)
+    # every method's knobs, LEAD's included
+    lead_params = {k[5:]: v for k, v in parent.data.params.items() if k.startswith("lead.")}
+    assert lead_params == {"initial": "svm", "t": "1.0", "n_per_class": "64", "eta": "auto", "head": "[1024, 2048]",
+                           "standardize": "true", "softmax": "false", "seed": "0", "n_heads": "1"}
+    assert parent.data.params["gbc.n_components"] == "64"
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     kids = {r.data.tags["model"]: r for r in children}
     assert set(kids) == {"efficientnet_lite0.in1k", "lite0-headless", "broken"}
