@@ -61,7 +61,7 @@ def main() -> None:
     def pipeline() -> float:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            with LogitsWriter(Path(tmp) / "part.parquet", {}) as writer:
+            with LogitsWriter(Path(tmp) / "part.parquet", {}, background=True) as writer:
                 for b in extract(model, spec, samples, ds.classes, batch_size=args.batch_size,
                                  num_workers=args.num_workers, device=device):
                     writer.write(b.sample_ids, b.labels, b.features, b.logits)

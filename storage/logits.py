@@ -21,6 +21,8 @@ import json
 import os
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,15 +106,23 @@ class LogitsWriter:
 
     The schema is fixed by the first non-empty batch (D and Cs); ``metadata`` is completed with D, Cs,
     schema version, creation time and package version, and on close with N and the skipped images.
+
+    With ``background=True`` batches are encoded and written by one writer thread, at most
+    ``MAX_PENDING`` behind, so writing does not stall the forward pass; order is kept, and a write error
+    surfaces at the next ``write`` or at ``close``.
     """
 
-    def __init__(self, path: Path, metadata: dict[str, str]):
+    #: Batches the background writer may lag behind (bounds memory).
+    MAX_PENDING = 2
+
+    def __init__(self, path: Path, metadata: dict[str, str], *, background: bool = False):
         self.path = Path(path)
         self.metadata = dict(metadata)
         self.skipped: list[tuple[str, str]] = []
         self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         self._writer: pq.ParquetWriter | None = None
-        self._batches: list[pa.RecordBatch] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lead-parquet") if background else None
+        self._pending: deque[Future] = deque()
         self.n = 0
 
     def __enter__(self) -> LogitsWriter:
@@ -128,6 +138,19 @@ class LogitsWriter:
         """Append one batch: ``features`` (B, D), ``logits`` (B, Cs) or None, ``labels`` (B,). Empty batches are ignored."""
         if len(sample_ids) == 0:
             return
+        self.n += len(sample_ids)
+        if self._pool is None:
+            self._write(list(sample_ids), labels, features, logits)
+            return
+        while len(self._pending) >= self.MAX_PENDING:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._write, list(sample_ids), labels, features, logits))
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _write(self, sample_ids, labels, features, logits) -> None:
         if self._writer is None:
             self.d = int(features.shape[1])
             self.cs = int(logits.shape[1]) if logits is not None else 0
@@ -147,9 +170,15 @@ class LogitsWriter:
         if self.cs:
             cols.append(_fixed_list(logits))
         self._writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=self.schema), row_group_size=ROW_GROUP_SIZE)
-        self.n += len(sample_ids)
 
     def close(self) -> Path:
+        try:
+            self._drain()
+        except BaseException:
+            self.abort()
+            raise
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._writer is None:
             raise InputError(
                 f"logits store: a file must have at least one readable image; got none for {self.path} "
@@ -161,6 +190,9 @@ class LogitsWriter:
         return self.path
 
     def abort(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
         if self._writer is not None:
             try:
                 self._writer.close()

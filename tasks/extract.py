@@ -114,7 +114,7 @@ def extract_logits(
         bar = tqdm(total=len(dataset), desc=spec.name, unit="img", position=progress_position, leave=True, dynamic_ncols=True)
     try:
         limit = max_bad_fraction * len(dataset)
-        with LogitsWriter(path, metadata) as writer:
+        with LogitsWriter(path, metadata, background=True) as writer:
             for batch in extract(
                 model, spec, dataset.samples, dataset.classes, batch_size=batch_size, num_workers=num_workers, device=device
             ):

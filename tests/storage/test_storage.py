@@ -14,11 +14,11 @@ from storage.logits import LogitsWriter, decode_model_id, encode_model_id, is_co
 from storage.rankings import RANKINGS_SCHEMA, write_rankings
 
 
-def write_file(path, n=10, d=4, cs=3, key="k1"):
+def write_file(path, n=10, d=4, cs=3, key="k1", background=False):
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((n, d)).astype(np.float32)
     logits = rng.standard_normal((n, cs)).astype(np.float32) if cs else None
-    with LogitsWriter(path, {"lead.cache_key": key, "lead.classes": '["a", "b"]'}) as w:
+    with LogitsWriter(path, {"lead.cache_key": key, "lead.classes": '["a", "b"]'}, background=background) as w:
         for s in range(0, n, 4):
             w.write([f"s{i}" for i in range(s, min(n, s + 4))], np.arange(s, min(n, s + 4)) % 2,
                     feats[s:s + 4], None if logits is None else logits[s:s + 4])
@@ -133,3 +133,32 @@ def test_history_lists_ties_and_selections_without_a_scored_model(tmp_path):
     got = {r["run_id"]: r for r in selections(tmp_path, "a").to_pylist()}
     assert got["r1"]["best_model"] == "m1, m2" and got["r1"]["models_scored"] == 2
     assert got["r2"]["best_model"] is None and got["r2"]["models_scored"] == 0 and got["r2"]["models"] == 1
+
+
+def test_background_writer_writes_the_same_file_in_order(tmp_path):
+    feats, logits = write_file(tmp_path / "fg.parquet", n=50)
+    write_file(tmp_path / "bg.parquet", n=50, background=True)
+    a, b = read_logits(tmp_path / "fg.parquet"), read_logits(tmp_path / "bg.parquet")
+    np.testing.assert_array_equal(b.features, feats)
+    np.testing.assert_array_equal(b.logits, logits)
+    assert b.sample_ids == a.sample_ids and b.metadata["lead.n"] == "50"
+
+
+def test_background_write_error_surfaces_and_leaves_no_file(tmp_path):
+    path = tmp_path / "x" / "part.parquet"
+    with pytest.raises(Exception):
+        with LogitsWriter(path, {}, background=True) as w:
+            w.write(["a"], np.array([0]), np.zeros((1, 2), np.float32), None)
+            w.write(["b"], np.array([0]), np.zeros((1, 3), np.float32), None)  # another width: the write fails
+            w.write(["c"], np.array([0]), np.zeros((1, 2), np.float32), None)
+            w.write(["d"], np.array([0]), np.zeros((1, 2), np.float32), None)
+    assert list(path.parent.iterdir()) == []
+
+
+def test_background_write_error_at_close_leaves_no_file(tmp_path):
+    path = tmp_path / "y" / "part.parquet"
+    with pytest.raises(Exception):
+        with LogitsWriter(path, {}, background=True) as w:
+            w.write(["a"], np.array([0]), np.zeros((1, 2), np.float32), None)
+            w.write(["b"], np.array([0]), np.zeros((1, 3), np.float32), None)  # fails in the writer thread
+    assert list(path.parent.iterdir()) == []
