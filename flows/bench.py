@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -26,6 +27,7 @@ from lead.benchmark import STATISTICS, evaluate, load_suite, mean_by_method
 from lead.config import Settings
 from storage.bench import bench_dir, plot_scores, write_bench_table
 from storage.tracking import RunRecord, Tracker, run_url
+from tasks.score import score_model
 
 
 def markdown_table(rows: list[dict], methods: list[str], datasets: list[str], published: dict | None = None) -> str:
@@ -45,6 +47,19 @@ def markdown_table(rows: list[dict], methods: list[str], datasets: list[str], pu
         lines.append(f"| {d} | " + " | ".join(cell(tau.get((d, m), math.nan)) + pub(m, d) for m in methods) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{cell(mean[m])}**" for m in methods) + " |")
     return "\n".join(lines)
+
+
+def score_stored(files: dict[str, Path], methods: list[str]) -> dict[str, dict[str, float]]:
+    """Score stored feature files with the ``score-model`` task (cached like a ranking's scores).
+
+    Returns ``{method: {model: score}}``; a method that fails on a model leaves that model out."""
+    out: dict[str, dict[str, float]] = {m: {} for m in methods}
+    for model, path in files.items():
+        res = score_model(model, str(path), methods)
+        for m in methods:
+            if "score" in res[m]:
+                out[m][model] = res[m]["score"]
+    return out
 
 
 @flow(name="bench", validate_parameters=False)
@@ -77,6 +92,13 @@ def bench(
     failures: dict[str, str] = {}
     selections = {}
     for name, source in s.datasets.items():
+        if s.features is not None:  # stored features: score the files, no forward pass
+            try:
+                scores[name] = score_stored(s.stored_features(name), method_ids)
+            except Exception as err:
+                failures[name] = f"{type(err).__name__}: {err}"
+                logger.error("dataset %s could not be scored: %s", name, err)
+            continue
         try:
             sel = rank_zoo(
                 dataset=source, zoo=s.zoo, methods=method_ids, store=str(settings.store), tracking_uri=settings.tracking_uri,

@@ -404,6 +404,49 @@ def bench(
     _print_bench(result)
 
 
+@bench_app.command("build")
+def bench_build(
+    out: Annotated[Path, typer.Option("--out", help="Folder the suite is written to: <out>/<name>.yaml and <out>/<name>/.")] = Path("lead-suites"),
+    work: Annotated[Path, typer.Option("--work", help="Folder for checkpoints, target splits and run records (resumable; "
+                                       "kept out of the suite).")] = Path("~/.cache/lead/bench-build"),
+    config: Annotated[Path | None, typer.Option("--config", help="A build config as YAML (see lead.benchbuild.BuildConfig); "
+                                                "default: the committed offline-fewshot suite.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+    debug: DebugOpt = False,
+):
+    """Build a benchmark suite offline: pre-train, fine-tune, store features.
+
+    Pre-trains the zoo's timm models on Fashion-MNIST (Debian: sudo apt-get install -y dataset-fashion-mnist),
+    cuts the few-shot targets, stores every (model, target) feature file as float16 Parquet, and fine-tunes
+    every model on every target at every rate and seed of the protocol for the ground truth. Every step is a
+    cached Prefect task: an interrupted build resumes where it stopped. The default build takes about an hour
+    on 2 CPU cores (see docs/benchmarks.md). Then: lead bench --suite <out>/<name>.yaml --method all.
+    """
+    _quiet(verbose)
+    import yaml
+
+    from lead.errors import InputError
+
+    try:
+        cfg = None
+        if config is not None:
+            try:
+                cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as err:
+                raise InputError(f"bench build: --config must be a readable YAML file; got {err}.") from err
+        from flows.build_benchmark import build_benchmark
+
+        result = build_benchmark(config=cfg, out=str(out), work=str(work), show_progress=sys.stderr.isatty())
+    except InputError as err:
+        _fail(err, debug, code=2)
+    except Exception as err:
+        _fail(RuntimeError(f"{type(err).__name__}: {err} (run again with --debug for the traceback)"), debug and err, code=1)
+    t = result["timings"]
+    typer.echo(f"suite: {result['suite']} ({result['runs']} fine-tuning runs, {t['total_s']:.0f} s: pre-training "
+               f"{t['pretraining_s']:.0f} s, features {t['features_s']:.0f} s, fine-tuning {t['finetuning_s']:.0f} s)")
+    typer.echo(f"next: lead bench --suite {result['suite']} --method all")
+
+
 def _print_bench(result: dict) -> None:
     import math
 

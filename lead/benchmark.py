@@ -14,6 +14,9 @@ A suite is a YAML file::
       animals: {model_a: 91.2, model_b: 85.0}
     published_weighted_tau:            # optional: method -> dataset -> published weighted tau
       logme: {animals: 0.5}
+    features: my-suite/features        # optional: stored features, <features>/<dataset>/<model>.parquet
+                                       # (logits-file schema); `lead bench` then scores these files and
+                                       # runs no forward pass (datasets are then descriptions, not sources)
 
 Built-in suites (``builtin_suites()``) ship the published SFDA benchmark ground truth.
 """
@@ -48,6 +51,23 @@ class Suite:
     accuracies: dict[str, dict[str, float]]
     unit: str = "percent"
     published: dict[str, dict[str, float]] | None = None
+    features: Path | None = None
+
+    def stored_features(self, dataset: str) -> dict[str, Path]:
+        """``{model: path}`` of the stored features of ``dataset`` (models with an accuracy only).
+
+        Raises:
+            InputError: the suite has no stored features, or a model's file is missing.
+        """
+        if self.features is None:
+            raise InputError(f"suite {self.name}: stored features must be declared with 'features:'; got none.")
+        out = {}
+        for model in self.accuracies[dataset]:
+            path = self.features / dataset / f"{model}.parquet"
+            if not path.is_file():
+                raise InputError(f"suite {self.name}: stored features {path} must exist; got no such file. Rebuild the suite.")
+            out[model] = path
+        return out
 
 
 def builtin_suites() -> list[str]:
@@ -101,6 +121,12 @@ def load_suite(path: str | Path) -> Suite:
             raise InputError(f"{where}: accuracies of dataset {name!r} must be numbers; got {accs!r}.") from err
     if not datasets:
         raise InputError(f"{where}: the suite must list at least one dataset; got none.")
+    features = None
+    if doc.get("features"):
+        features = (p.parent / str(doc["features"])).resolve()
+        if not features.is_dir():
+            raise InputError(f"{where}: features must be a folder of stored features; got {features}, no such folder.")
+        datasets = {name: str(source) for name, source in (doc["datasets"] or {}).items()}
     return Suite(
         name=check_name(str(doc["name"]), what=f"{where}: suite"),
         description=str(doc.get("description", "")),
@@ -110,6 +136,7 @@ def load_suite(path: str | Path) -> Suite:
         accuracies=accuracies,
         unit=str(doc.get("unit", "percent")),
         published=doc.get("published_weighted_tau"),
+        features=features,
     )
 
 

@@ -23,7 +23,14 @@ from lead.scoring._validate import check_inputs, check_matrix
 from lead.scoring._validate import standardize as zscore
 
 #: Initial-state estimators accepted by ``initial`` (docs/method.md, "initial").
-INITIAL_STATES = ("svm", "svm_insample", "source")
+INITIAL_STATES = ("svm", "svm_insample", "logreg", "source")
+#: Losses whose gradient flow is followed (docs/method.md, "loss").
+LOSSES = ("mse", "ce")
+#: Regularisation of the multinomial logistic regression of ``initial="logreg"`` (scikit-learn's default).
+LOGREG_C = 1.0
+LOGREG_MAX_ITER = 300
+#: Explicit RK4 steps over [0, t] for ``loss="ce"`` (checked against scipy's solve_ivp to 1e-6 in the tests).
+CE_STEPS = 32
 #: Folds of the out-of-fold SVM (our choice; fewer when the smallest class is smaller).
 N_FOLDS = 5
 #: Regularisation of the linear SVM (scikit-learn's default).
@@ -75,6 +82,9 @@ def lead_score(
     softmax: bool = False,
     seed: int = 0,
     n_heads: int = 1,
+    rescale: bool = False,
+    loss: str = "mse",
+    class_kernel=None,
     logits=None,
 ) -> float:
     """LEAD transferability score: the log-likelihood of the labels after the logits evolve. Higher is better.
@@ -97,18 +107,32 @@ def lead_score(
         initial: how P0 is estimated. ``"svm"`` (default): one-vs-rest linear SVM, Platt-calibrated,
             rows renormalised, out-of-fold over ``min(5, smallest class)`` stratified folds (each class
             needs >= 2 samples). ``"svm_insample"``: the same SVM fitted and evaluated on all samples.
+            ``"logreg"``: multinomial logistic regression (L-BFGS, C = 1) on the standardised features,
+            out-of-fold over the same folds; its probabilities need no calibration step.
             ``"source"``: the model's own source logits mapped to the target classes as in LEEP,
             P0(y|x) = sum_z Phat(y|z) softmax(S)_z; needs ``logits``.
         t: fine-tuning "time", > 0; default 1.0 (the paper's sensitivity figure).
         n_per_class: samples per class that enter the kernel estimate, >= 1; default 64 (paper).
             Classes with fewer samples use all of theirs.
-        eta: step size of the gradient flow; ``"auto"`` (default) = 1 / mean_k lambda_k, or a float > 0.
+        eta: step size of the gradient flow; ``"auto"`` (default) = 1 / mean_k lambda_k (a per-model
+            normalisation: the mean decay is then about exp(-t) for every model); ``"reference"`` =
+            1 / the same head's kernel on reference inputs N(0, I/D) (unit norm on average), a scale that
+            does not depend on the features, so a model's kernel magnitude is kept; or a float > 0.
         head: hidden widths of the random MLP head D -> head[0] -> ... -> K; ReLU, Kaiming-normal
             fan-in weights, zero biases; default (1024, 2048).
         standardize: z-score each feature dimension before the SVM and the head (default True).
         softmax: if True score log_softmax(Fhat)[y] instead of log Fhat[y] (default False).
         seed: seed of the head, the per-class sample and the SVM solver; the score is deterministic.
         n_heads: number of random heads (seeds seed, seed+1, ...) whose lambda_k are averaged; default 1.
+        rescale: divide the (standardised) features by sqrt(D) before the head, so that their mean squared
+            norm is 1 whatever D is; with a fixed ``eta`` the kernel's scale then compares across models
+            without rewarding a larger D (default False).
+        loss: ``"mse"`` (default): the closed form of step 2 (squared error). ``"ce"``: the gradient flow of
+            the cross-entropy, dF_i/dt = -eta lambda_k (softmax(F_i) - Y_i) from F_0 = log P0, integrated
+            with ``CE_STEPS`` RK4 steps; the score is then mean_i log softmax(F_t,i)[y_i].
+        class_kernel: precomputed lambda_k, shape (K,), float > 0, in the sorted order of the class names
+            (e.g. the kernel over the backbone's last block and the head, ``lead.kernels``); replaces the
+            random-head kernel (``head``, ``n_heads``, ``n_per_class`` are then unused).
         logits: source-head logits S, shape (N, Cs), float; only for ``initial="source"``.
     Returns:
         float, in nats, <= 0; finite.
@@ -133,6 +157,9 @@ def lead_score(
         softmax=softmax,
         seed=seed,
         n_heads=n_heads,
+        rescale=rescale,
+        loss=loss,
+        class_kernel=class_kernel,
         logits=logits,
     ).score
 
@@ -150,12 +177,24 @@ def lead_details(
     softmax: bool = False,
     seed: int = 0,
     n_heads: int = 1,
+    rescale: bool = False,
+    loss: str = "mse",
+    class_kernel=None,
     logits=None,
 ) -> LeadResult:
     """Like :func:`lead_score` (same arguments and errors) but returns every intermediate as a :class:`LeadResult`."""
     where = "lead_score"
     x, enc = check_inputs(features, labels, where=where)
     _check_knobs(where, initial=initial, t=t, n_per_class=n_per_class, eta=eta, head=head, n_heads=n_heads)
+    if loss not in LOSSES:
+        raise InputError(f"{where}: loss must be one of {LOSSES}; got {loss!r}.")
+    if class_kernel is not None:
+        class_kernel = np.asarray(class_kernel, dtype=np.float64)
+        if class_kernel.shape != (enc.n_classes,) or not np.all(np.isfinite(class_kernel)) or np.any(class_kernel <= 0):
+            raise InputError(
+                f"{where}: class_kernel must be {enc.n_classes} finite values > 0 (one per class); got shape "
+                f"{class_kernel.shape}."
+            )
     n = x.shape[0]
     source = None
     if initial == "source":
@@ -165,7 +204,7 @@ def lead_details(
                 "Pass the model's source-head logits or use initial='svm'."
             )
         source = check_matrix(logits, name="logits", n_rows=n, where=where)
-    if initial == "svm" and enc.counts.min() < 2:
+    if initial in ("svm", "logreg") and enc.counts.min() < 2:
         small = [enc.classes[i] for i in np.nonzero(enc.counts < 2)[0]][:5]
         raise InputError(
             f"{where}: every class must have at least 2 samples for the out-of-fold SVM; got 1 for {small}. "
@@ -182,25 +221,31 @@ def lead_details(
 
     if initial == "source":
         p0 = source_initial_state(source[order], ys, enc.n_classes)
+    elif initial == "logreg":
+        p0 = logreg_initial_state(zs, ys, enc.n_classes, seed=seed)
     else:
         p0 = svm_initial_state(zs, ys, enc.n_classes, out_of_fold=(initial == "svm"), seed=seed)
 
-    lambdas = np.zeros(enc.n_classes)
-    for h in range(n_heads):
-        layers = random_head(zs.shape[1], enc.n_classes, head, seed=seed + h)
-        lambdas += class_kernel_means(zs, ys, enc.n_classes, layers, n_per_class=n_per_class, seed=seed)
-    lambdas /= n_heads
-
-    eta_value = 1.0 / float(lambdas.mean()) if eta == "auto" else float(eta)
-    decay = np.exp(-eta_value * lambdas * t)
-    d = decay[ys][:, None]
-    y_onehot = np.eye(enc.n_classes)[ys]
-    fhat = (1.0 - d) * y_onehot + d * p0
-    rows = np.arange(n)
-    if softmax:
-        per_sample = log_softmax(fhat, axis=1)[rows, ys]
+    if class_kernel is not None:
+        lambdas = class_kernel.copy()
     else:
-        per_sample = np.log(fhat[rows, ys])
+        zh = zs / math.sqrt(zs.shape[1]) if rescale else zs
+        lambdas = np.zeros(enc.n_classes)
+        for h in range(n_heads):
+            layers = random_head(zh.shape[1], enc.n_classes, head, seed=seed + h)
+            lambdas += class_kernel_means(zh, ys, enc.n_classes, layers, n_per_class=n_per_class, seed=seed)
+        lambdas /= n_heads
+
+    if eta == "auto":
+        eta_value = 1.0 / float(lambdas.mean())
+    elif eta == "reference":
+        if class_kernel is not None:
+            raise InputError(f"{where}: eta='reference' needs the random-head kernel; got class_kernel. Pass a float eta.")
+        eta_value = 1.0 / reference_kernel(zs.shape[1], enc.n_classes, head, n_heads=n_heads, seed=seed)
+    else:
+        eta_value = float(eta)
+    decay = np.exp(-eta_value * lambdas * t)
+    per_sample, fhat = evolve(p0, ys, lambdas, eta_value, t, loss=loss, softmax=softmax)
     score = float(per_sample.mean())
 
     inverse = np.empty_like(order)
@@ -216,6 +261,31 @@ def lead_details(
     )
 
 
+def evolve(p0: np.ndarray, codes: np.ndarray, lambdas: np.ndarray, eta: float, t: float, *, loss: str = "mse",
+           softmax: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 4-5 of docs/method.md: evolve the initial state and take each sample's log-likelihood.
+
+    Args:
+        p0: initial state, shape (N, K), float64, rows on the simplex; codes: labels 0..K-1, shape (N,);
+        lambdas: per-class kernel means, shape (K,); eta, t: floats > 0.
+        loss: ``"mse"``: Fhat_i = (1 - d_k) Y_i + d_k P0_i with d_k = exp(-eta lambda_k t), log-likelihood
+            log Fhat_i[y_i] (or log_softmax(Fhat_i)[y_i] with ``softmax``); ``"ce"``: :func:`ce_flow` from
+            log P0, log-likelihood log softmax(F_t,i)[y_i].
+    Returns:
+        (per-sample log-likelihood, shape (N,); evolved state Fhat, shape (N, K), rows on the simplex).
+    """
+    y_onehot = np.eye(p0.shape[1])[codes]
+    rows = np.arange(p0.shape[0])
+    if loss == "ce":
+        logits_t = ce_flow(np.log(p0), y_onehot, eta * lambdas[codes], t)
+        return log_softmax(logits_t, axis=1)[rows, codes], softmax_rows(logits_t, axis=1)
+    d = np.exp(-eta * lambdas * t)[codes][:, None]
+    fhat = (1.0 - d) * y_onehot + d * p0
+    if softmax:
+        return log_softmax(fhat, axis=1)[rows, codes], fhat
+    return np.log(fhat[rows, codes]), fhat
+
+
 def _check_knobs(where, *, initial, t, n_per_class, eta, head, n_heads) -> None:
     if initial not in INITIAL_STATES:
         raise InputError(f"{where}: initial must be one of {INITIAL_STATES}; got {initial!r}.")
@@ -223,8 +293,8 @@ def _check_knobs(where, *, initial, t, n_per_class, eta, head, n_heads) -> None:
         raise InputError(f"{where}: t must be a finite float > 0; got {t!r}.")
     if not (isinstance(n_per_class, (int, np.integer)) and n_per_class >= 1):
         raise InputError(f"{where}: n_per_class must be an int >= 1; got {n_per_class!r}.")
-    if not (eta == "auto" or (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0)):
-        raise InputError(f"{where}: eta must be 'auto' or a finite float > 0; got {eta!r}.")
+    if not (eta in ("auto", "reference") or (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0)):
+        raise InputError(f"{where}: eta must be 'auto', 'reference' or a finite float > 0; got {eta!r}.")
     if not (len(head) >= 1 and all(isinstance(w, (int, np.integer)) and w >= 1 for w in head)):
         raise InputError(f"{where}: head must be a non-empty tuple of widths >= 1; got {head!r}.")
     if not (isinstance(n_heads, (int, np.integer)) and n_heads >= 1):
@@ -291,6 +361,63 @@ def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_o
         probs[:, k] = expit(-(a * decision[:, k] + b))
     probs = np.maximum(probs, PROB_FLOOR)
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+def logreg_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int) -> np.ndarray:
+    """P0 from a multinomial logistic regression (L-BFGS, C = ``LOGREG_C``), out-of-fold over
+    ``min(5, smallest class)`` stratified folds (:func:`stratified_folds`).
+
+    Cost O(N D K) per L-BFGS iteration, so it scales to N = 50,000, D = 2,048, K = 100 where the
+    one-vs-rest SVM does not (docs/performance.md).
+
+    Args:
+        z: features, shape (N, D), float64.
+    Returns:
+        shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    n_folds = int(min(N_FOLDS, np.bincount(codes, minlength=n_classes).min()))
+    folds = stratified_folds(codes, n_classes, n_folds, seed)
+    probs = np.empty((z.shape[0], n_classes))
+    for f in range(n_folds):
+        train, test = folds != f, folds == f
+        clf = LogisticRegression(C=LOGREG_C, max_iter=LOGREG_MAX_ITER)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(z[train], codes[train])
+        probs[np.ix_(test, clf.classes_)] = clf.predict_proba(z[test])
+        missing = np.setdiff1d(np.arange(n_classes), clf.classes_)
+        probs[np.ix_(test, missing)] = 0.0
+    probs = np.maximum(probs, PROB_FLOOR)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def ce_flow(f0: np.ndarray, y: np.ndarray, rate: np.ndarray, t: float, steps: int = CE_STEPS) -> np.ndarray:
+    """Logits after time ``t`` of the cross-entropy gradient flow with a per-sample scalar kernel.
+
+    dF_i/dt = -rate_i (softmax(F_i) - Y_i), integrated with ``steps`` classical RK4 steps.
+
+    Args:
+        f0: initial logits, shape (N, K), float64; y: one-hot labels (N, K); rate: eta * lambda_k(i), shape (N,).
+    Returns:
+        F_t, shape (N, K), float64.
+    """
+    h = t / steps
+    r = rate[:, None]
+
+    def velocity(f):
+        return -r * (softmax_rows(f, axis=1) - y)
+
+    f = f0.copy()
+    for _ in range(steps):
+        k1 = velocity(f)
+        k2 = velocity(f + 0.5 * h * k1)
+        k3 = velocity(f + 0.5 * h * k2)
+        k4 = velocity(f + h * k3)
+        f = f + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+    return f
 
 
 def platt_fit(f: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
@@ -385,6 +512,21 @@ def kernel_diagonal(z: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) 
         if i > 0:
             delta = (delta @ layers[i][0]) * (pres[i - 1] > 0)
     return total
+
+
+#: Reference inputs of ``eta="reference"``.
+REFERENCE_SAMPLES = 256
+
+
+def reference_kernel(in_dim: int, n_classes: int, widths: tuple[int, ...], *, n_heads: int = 1, seed: int = 0) -> float:
+    """Mean kernel diagonal of the random head(s) on ``REFERENCE_SAMPLES`` inputs drawn N(0, I/in_dim)
+    (squared norm 1 on average) with a fixed generator: the kernel's scale for unit-norm inputs.
+    Returns a float > 0."""
+    g = np.random.default_rng(2024).standard_normal((REFERENCE_SAMPLES, in_dim)) / math.sqrt(in_dim)
+    total = 0.0
+    for h in range(n_heads):
+        total += float(kernel_diagonal(g, random_head(in_dim, n_classes, widths, seed=seed + h)).mean())
+    return total / n_heads
 
 
 def class_kernel_means(

@@ -268,7 +268,7 @@ def test_registry_entry_computes_the_same_value():
     "kwargs, match",
     [
         ({"t": 0}, "t must be a finite float > 0"),
-        ({"eta": -1.0}, "eta must be 'auto' or a finite float > 0"),
+        ({"eta": -1.0}, "eta must be 'auto', 'reference' or a finite float > 0"),
         ({"n_per_class": 0}, "n_per_class must be an int >= 1"),
         ({"initial": "knn"}, "initial must be one of"),
         ({"head": ()}, "head must be a non-empty tuple"),
