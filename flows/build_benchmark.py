@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from prefect import flow, task
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.logging import get_run_logger
 
 from lead import __version__
@@ -254,7 +255,27 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-@flow(name="build-benchmark", validate_parameters=False)
+def _gather(futures: list, bar=None, describe=None) -> list:
+    """Results of ``futures`` in submission order, advancing ``bar`` as each finishes."""
+    from prefect.futures import as_completed
+
+    done = {}
+    for fut in as_completed(futures):
+        done[id(fut)] = fut.result()
+        if bar is not None:
+            if describe is not None:
+                bar.set_postfix_str(describe(done[id(fut)]))
+            bar.update()
+    return [done[id(f)] for f in futures]
+
+
+def _workers() -> int:
+    import os
+
+    return int(os.environ.get("LEAD_BENCH_WORKERS") or max(1, os.cpu_count() or 1))
+
+
+@flow(name="build-benchmark", validate_parameters=False, task_runner=ThreadPoolTaskRunner(max_workers=_workers()))
 def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: str = "~/.cache/lead/bench-build",
                     show_progress: bool = False) -> dict:
     """Build the suite described by ``config`` (a :class:`lead.benchbuild.BuildConfig` as a dict; default:
@@ -281,8 +302,10 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     timings["targets_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pre = [_kept(pretrain_model, lambda r: Path(r["checkpoint"]).is_file(), p, cfg.pretrain_pool, source_digest, str(work_dir))
-           for p in cfg.pretrained]
+    pre = _gather([pretrain_model.submit(p, cfg.pretrain_pool, source_digest, str(work_dir)) for p in cfg.pretrained])
+    pre = [r if Path(r["checkpoint"]).is_file() else
+           pretrain_model.with_options(refresh_cache=True)(p, cfg.pretrain_pool, source_digest, str(work_dir))
+           for p, r in zip(cfg.pretrained, pre)]
     timings["pretraining_s"] = time.perf_counter() - t0
     for r in pre:  # the zoo file names $LEAD_BENCH_MODELS/<name>.safetensors: the latest build of each
         named = work_dir / "models" / f"{r['name']}.safetensors"
@@ -291,36 +314,33 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     weights = {s.name: weights_digest(s) for s in specs}
 
     t0 = time.perf_counter()
-    features = {}
-    for t in cfg.targets:
-        for s in specs:
-            features[(t.name, s.name)] = _kept(
-                extract_features, lambda r: Path(r["path"]).is_file() and Path(r["path32"]).is_file(),
-                s, weights[s.name], t, target_paths[t.name], str(suite_dir / "features" / t.name / f"{s.name}.parquet"), str(work_dir))
+    pairs = [(t, s) for t in cfg.targets for s in specs]
+    feature_args = [(s, weights[s.name], t, target_paths[t.name], str(suite_dir / "features" / t.name / f"{s.name}.parquet"),
+                     str(work_dir)) for t, s in pairs]
+    results = _gather([extract_features.submit(*a) for a in feature_args])
+    for a, r in zip(feature_args, results):  # a cached result whose files were deleted is extracted again
+        if not (Path(r["path"]).is_file() and Path(r["path32"]).is_file()):
+            extract_features.with_options(refresh_cache=True)(*a)
     timings["features_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    kernels = [row for t in cfg.targets for s in specs
-               for row in backbone_kernel(s, weights[s.name], t, target_paths[t.name], str(work_dir))]
+    kernels = [row for rows in _gather([backbone_kernel.submit(s, weights[s.name], t, target_paths[t.name], str(work_dir))
+                                        for t, s in pairs]) for row in rows]
     timings["kernels_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     jobs = [(s, t, lr, seed) for seed in cfg.protocol.seeds for t in cfg.targets for s in specs for lr in cfg.protocol.lrs]
-    runs = []
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="fine-tuning runs", unit="run")
-    for s, t, lr, seed in jobs:
-        r = finetune_run(s, weights[s.name], t, target_paths[t.name], cfg.protocol, lr, seed, str(work_dir))
-        runs.append(r)
-        if bar is not None:
-            bar.set_postfix_str(f"{s.name} {t.name} lr={lr} seed={seed}: {r['test_acc']:.1f}%")
-            bar.update()
-        logger.info("%s on %s lr=%g seed=%d: %.2f%%", s.name, t.name, lr, seed, r["test_acc"])
+    runs = _gather([finetune_run.submit(s, weights[s.name], t, target_paths[t.name], cfg.protocol, lr, seed, str(work_dir))
+                    for s, t, lr, seed in jobs], bar,
+                   lambda r: f"{r['model']} {r['dataset']} lr={r['lr']} seed={r['seed']}: {r['test_acc']:.1f}%")
     if bar is not None:
         bar.close()
+    logger.info("%d fine-tuning runs done", len(runs))
     timings["finetuning_s"] = time.perf_counter() - t0
 
     truth = ground_truth(runs)

@@ -243,12 +243,13 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def set_threads(n: int | None = None) -> None:
-    import os
-
+def set_threads(n: int = 1) -> None:
+    """One intra-op thread per job: build steps run side by side in a thread pool instead. (With two
+    intra-op threads and anything else on the machine, small convolutions on 2 cores ran 10x slower here:
+    OpenMP's threads wait on each other.)"""
     import torch
 
-    torch.set_num_threads(n or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(n)
 
 
 def pretrain(p: Pretraining, images: np.ndarray, labels: np.ndarray, progress: Callable[[int, int], None] | None = None):
