@@ -461,8 +461,8 @@ def _registry_errors():
 
 @datasets_app.command("add")
 def datasets_add(
-    name: Annotated[str, typer.Argument(help="Name to register it under (a plain name; MLflow experiment lead/<name>).")],
-    path: Annotated[str, typer.Argument(help="ImageFolder directory (a sub-folder per class), CSV manifest (path,label) "
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Name to register it under (a plain name; MLflow experiment lead/<name>).")],
+    path: Annotated[str, typer.Argument(metavar="PATH", help="ImageFolder directory (a sub-folder per class), CSV manifest (path,label) "
                                               "or built-in demo set (animal-mnist-fewshot, mnist-5k).")],
     store: StoreOpt = None,
     debug: DebugOpt = False,
@@ -524,7 +524,7 @@ def datasets_list(
 
 @datasets_app.command("remove")
 def datasets_remove(
-    name: Annotated[str, typer.Argument(help="A registered dataset's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A registered dataset's name.")],
     store: StoreOpt = None,
     debug: DebugOpt = False,
 ):
@@ -543,7 +543,7 @@ def datasets_remove(
 
 @app.command()
 def watch(
-    directory: Annotated[Path, typer.Argument(help="Drop folder: each new sub-folder is one dataset (an ImageFolder).")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Drop folder: each new sub-folder is one dataset (an ImageFolder).")],
     store: StoreOpt = None,
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between two looks at the folder.")] = 5.0,
     settle: Annotated[float, typer.Option("--settle", min=0.0, help="Seconds a sub-folder must stay unchanged before it is registered.")] = 10.0,
@@ -616,9 +616,12 @@ def serve(
     from lead.zoo import load_zoo
 
     try:
+        from flows.deployments import check_cron
+
         settings = Settings.from_env(store=store)
         load_zoo(zoo)
         methods = parse_methods(method)
+        check_cron(cron, timezone)
         url = check_server("serve")
         deployments = build_deployments(zoo=_resolve_zoo(zoo), methods=methods, store=str(settings.store), cron=cron,
                                         timezone=timezone, tracking_uri=tracking_uri, device=device)

@@ -32,13 +32,13 @@ def check_cron(cron: str, timezone: str) -> None:
     from lead.errors import InputError
 
     try:
-        CronSchedule(cron=cron, timezone=timezone)
-    except ValueError as err:
-        raise InputError(f"serve: --cron must be a cron expression such as '0 2 * * *'; got {cron!r}.") from err
-    try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as err:
         raise InputError(f"serve: --timezone must be an IANA time zone such as 'UTC' or 'Europe/Paris'; got {timezone!r}.") from err
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as err:
+        raise InputError(f"serve: --cron must be a cron expression such as '0 2 * * *'; got {cron!r}.") from err
 
 
 def build_deployments(
