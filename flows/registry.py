@@ -15,6 +15,7 @@ The event::
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -101,6 +102,8 @@ def emit_registered(entry: DatasetEntry, store: Path) -> None:
                   "lead.dataset.fingerprint": entry.fingerprint},
         payload={**asdict(entry), "store": str(store)},
     )
+    # the worker warns "Still processing items" while it sends the one event: not news to the user
+    logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
     EventsWorker.drain_all(timeout=30)
 
 

@@ -147,7 +147,7 @@ def mlflow_search_url(port: int, filter_string: str) -> str:
 def run_uis(tracking_uri: str, *, prefect_port: int = 4200, mlflow_port: int = 5000,
             echo: Callable[[str], None] = print, should_stop: Callable[[], bool] = lambda: False) -> None:
     """Start the Prefect server and (for a SQLite tracking URI) the MLflow UI, print their addresses,
-    and keep them until Ctrl-C (or ``should_stop()``), then stop both.
+    and keep them until Ctrl-C or SIGTERM (or ``should_stop()``), then stop both.
 
     Raises:
         UIError: a port is in use (``input_error``), or a server did not start (its log is named).
@@ -161,6 +161,11 @@ def run_uis(tracking_uri: str, *, prefect_port: int = 4200, mlflow_port: int = 5
                           input_error=True)
     logs = Path(tempfile.mkdtemp(prefix="lead-ui-"))
     procs: list[subprocess.Popen] = []
+
+    def terminate(signum, frame):  # SIGTERM stops the servers as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         echo("starting the Prefect server and the MLflow UI on 127.0.0.1 ...")
         prefect = start_prefect_server(prefect_port, log=logs / "prefect.log")
@@ -186,3 +191,4 @@ def run_uis(tracking_uri: str, *, prefect_port: int = 4200, mlflow_port: int = 5
     finally:
         for proc in reversed(procs):
             stop(proc)
+        signal.signal(signal.SIGTERM, previous)

@@ -124,8 +124,7 @@ def test_a_folder_still_changing_is_not_registered(tmp_path, tiny_dataset):
     def keep_writing():
         i = 0
         while not stop.is_set():
-            (drop / "growing" / "cat" / f"extra{i}.png").write_bytes((tiny_dataset / "cat").joinpath(
-                sorted(p.name for p in (tiny_dataset / "cat").iterdir())[0]).read_bytes())
+            (drop / "growing" / "cat" / f"extra{i}.png").write_bytes(min((tiny_dataset / "cat").iterdir()).read_bytes())
             i += 1
             time.sleep(0.1)
 

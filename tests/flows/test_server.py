@@ -19,7 +19,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.ui import free_port, prefect_health_url, quiet_env, start_prefect_server, stop, wait_http
+from flows.ui import (
+    free_port,
+    prefect_health_url,
+    quiet_env,
+    start_prefect_server,
+    stop,
+    wait_http,
+)
 from tests.conftest import lite_entry, write_zoo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +51,11 @@ def _wait(what: str, check, timeout_s: float, procs=(), interval_s: float = 0.5)
 @pytest.mark.timeout(480)
 def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+    )
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -59,7 +70,7 @@ def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset):
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
 
     def lead(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([LEAD, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+        return subprocess.run([LEAD, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, check=False)
 
     server = serve = None
     try:
@@ -71,8 +82,9 @@ def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset):
         assert f"{url}: concurrency limit 'gpu' = 1 slot" in setup.stdout
         assert "work pool 'lead' created (type process)" in setup.stdout
 
-        serve = subprocess.Popen([LEAD, "serve", "--zoo", str(zoo), "--store", str(store)], env=env, cwd=tmp_path,
-                                 stdout=open(serve_log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(serve_log, "wb") as out:
+            serve = subprocess.Popen([LEAD, "serve", "--zoo", str(zoo), "--store", str(store)], env=env, cwd=tmp_path,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name("gpu").limit == 1
             assert client.read_work_pool("lead").type == "process"
@@ -143,7 +155,7 @@ def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset):
 
         # deploy/prefect.yaml declares the same deployments for a work pool
         deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml"],
-                                env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+                                env=env, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             nightly = client.read_deployment_by_name("nightly-rerank/nightly-rerank")

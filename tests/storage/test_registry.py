@@ -8,7 +8,13 @@ import multiprocessing
 import pytest
 
 from lead.errors import InputError
-from storage.registry import DatasetEntry, add_dataset, list_datasets, registry_path, remove_dataset
+from storage.registry import (
+    DatasetEntry,
+    add_dataset,
+    list_datasets,
+    registry_path,
+    remove_dataset,
+)
 
 
 def entry(name: str, path: str = "/data/x") -> DatasetEntry:
