@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.ui import (  # noqa: E402
+from flows.ui import (
     free_port,
     mlflow_health_url,
     prefect_health_url,
