@@ -26,6 +26,23 @@ from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metad
 #: cannot be loaded fail at once, because they would fail the same way each time.
 EXTRACT_RETRIES = 2
 EXTRACT_RETRY_DELAY_S = 5
+#: The Prefect global concurrency limit that caps forward passes per device (`lead setup` sizes it to the GPUs).
+GPU_LIMIT = "gpu"
+
+
+def gpu_slot():
+    """Hold one slot of the global concurrency limit ``gpu`` while a forward pass runs, when a Prefect
+    server is configured (``PREFECT_API_URL``; ``lead setup`` creates the limit there). A server without the
+    limit logs a warning and does not wait; the embedded default (no server) skips the call altogether."""
+    import contextlib
+
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return contextlib.nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(GPU_LIMIT, occupy=1, strict=False)
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -95,6 +112,15 @@ def extract_logits(
         return {"path": str(path), "cache_key": cache_key, "n": int(meta["lead.n"]), "seconds": 0.0,
                 "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False}
 
+    with gpu_slot():
+        return _extract(dataset, spec, path, started, cache_key=cache_key, weights_digest=weights_digest, device=device,
+                        batch_size=batch_size, num_workers=num_workers, max_bad_fraction=max_bad_fraction,
+                        progress_position=progress_position)
+
+
+def _extract(dataset: ImageDataset, spec: ModelSpec, path: Path, started: float, *, cache_key: str, weights_digest: str,
+             device: str, batch_size: int, num_workers: int, max_bad_fraction: float, progress_position: int | None) -> dict:
+    logger = get_run_logger()
     model = load_model(spec)
     metadata = {
         "lead.model": spec.name,
