@@ -7,7 +7,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lead-installed
 
-.PHONY: install demo test clean-store
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+
+.PHONY: install demo test clean-store bench-data
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +25,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lead rank --dataset animal-mnist-fewshot --zoo efficientnet-lite
 
-test: $(STAMP)
+# Fashion-MNIST (Debian package) is the pre-training source of `lead bench build`; its tests build a tiny suite.
+bench-data:
+	test -f $(FMNIST) || $(SUDO) apt-get install -y dataset-fashion-mnist || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
+
+test: $(STAMP) bench-data
 	$(BIN)/python -m pytest
 
 clean-store:

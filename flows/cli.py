@@ -27,6 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+from lead.scoring import DEFAULT_METHODS  # noqa: E402  (light: numpy and scipy only)
+
+_DEFAULT_METHOD = ",".join(DEFAULT_METHODS)
 METHOD_HELP = (
     "Comma-separated transferability scores, or 'all'; the first one ranks. Known: lead, logme, leep, nce, "
     "nleep, hscore, sfda, gbc, transrate."
@@ -215,7 +218,7 @@ def rank(
     ],
     method: Annotated[
         str, typer.Option("--method", "-m", help=METHOD_HELP)
-    ] = "lead",
+    ] = _DEFAULT_METHOD,
     store: StoreOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Dataset name to record (default: folder or file name).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
@@ -361,7 +364,7 @@ def bench(
         typer.Option("--suite", "-s", help="Suite YAML file (zoo, datasets, fine-tuned accuracies) or a built-in suite: "
                      "sfda-supervised, sfda-self-supervised (these need the internet)."),
     ] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help=METHOD_HELP)] = "lead",
+    method: Annotated[str, typer.Option("--method", "-m", help=METHOD_HELP)] = _DEFAULT_METHOD,
     store: StoreOpt = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI)")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
@@ -631,7 +634,7 @@ def _resolve_zoo(zoo: str) -> str:
 @app.command()
 def serve(
     zoo: Annotated[str, typer.Option("--zoo", "-z", help="Zoo YAML file or built-in zoo that both deployments rank.")] = "efficientnet-lite",
-    method: Annotated[str, typer.Option("--method", "-m", help=METHOD_HELP)] = "lead",
+    method: Annotated[str, typer.Option("--method", "-m", help=METHOD_HELP)] = _DEFAULT_METHOD,
     store: StoreOpt = None,
     cron: Annotated[str, typer.Option("--cron", help="Schedule of the nightly re-ranking (cron expression).")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option("--timezone", help="Time zone of --cron (IANA name).")] = "UTC",

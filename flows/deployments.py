@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lead.scoring import DEFAULT_METHODS
+
 #: Default schedule of the nightly re-ranking: 02:00 every day, in ``DEFAULT_TIMEZONE``.
 DEFAULT_CRON = "0 2 * * *"
 DEFAULT_TIMEZONE = "UTC"
@@ -44,7 +46,7 @@ def check_cron(cron: str, timezone: str) -> None:
 def build_deployments(
     *,
     zoo: str,
-    methods: Sequence[str] = ("lead",),
+    methods: Sequence[str] = DEFAULT_METHODS,
     store: str | None = None,
     cron: str = DEFAULT_CRON,
     timezone: str = DEFAULT_TIMEZONE,

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from prefect import flow
+from lead.scoring import DEFAULT_METHODS
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
@@ -81,7 +82,7 @@ def parse_methods(methods: Sequence[str] | str) -> list[str]:
 def rank_zoo(
     dataset: str,
     zoo: str,
-    methods: Sequence[str] = ("lead",),
+    methods: Sequence[str] = DEFAULT_METHODS,
     store: str | None = None,
     tracking_uri: str | None = None,
     dataset_name: str | None = None,

@@ -193,8 +193,12 @@ register(
 )
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
+#: What `lead rank` computes when no --method is given; the first one ranks. Chosen by mean weighted tau
+#: on the committed benchmark suite (docs/benchmarks.md); LEAD is always computed beside it.
+DEFAULT_METHODS: tuple[str, ...] = ("lead",)
 
 __all__ = [
+    "DEFAULT_METHODS",
     "METHODS",
     "LeadResult",
     "Method",

@@ -28,7 +28,7 @@ INITIAL_STATES = ("svm", "svm_insample", "logreg", "source")
 LOSSES = ("mse", "ce")
 #: Regularisation of the multinomial logistic regression of ``initial="logreg"`` (scikit-learn's default).
 LOGREG_C = 1.0
-LOGREG_MAX_ITER = 300
+LOGREG_MAX_ITER = 100
 #: Explicit RK4 steps over [0, t] for ``loss="ce"`` (checked against scipy's solve_ivp to 1e-6 in the tests).
 CE_STEPS = 32
 #: Folds of the out-of-fold SVM (our choice; fewer when the smallest class is smaller).

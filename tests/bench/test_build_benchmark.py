@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from lead.benchbuild import ground_truth
