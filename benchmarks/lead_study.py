@@ -272,7 +272,7 @@ def main(argv=None) -> dict:
     d0 = next(iter(suite.datasets))
     m0 = next(iter(suite.accuracies[d0]))
     x, s, y = study.arrays(d0, m0)
-    direct = lead_score(x, y)
+    direct = lead_score(x, y, initial=BASE["initial"], standardize=BASE["standardize"])
     assert abs(study.lead(d0, BASE, 0)[m0] - direct) < 1e-9, "recombined LEAD differs from lead_score"
 
     print("baselines", flush=True)

@@ -118,8 +118,32 @@ def main(argv=None) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=str))
+    md = markdown(out, ns)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
     print(json.dumps({k: out[k] for k in ("resnet50_images_per_s", "lead_at_largest", "lead_over_forward")}, indent=1, default=str))
     return out
+
+
+def markdown(out: dict, ns: list[int]) -> str:
+    """Seconds per method (rows) and (N, D, K) (columns); predicted values in brackets, errors as n/a."""
+    cols = [(n, d, k) for d in (512, 2048) for k in (10, 100) for n in ns]
+    cell = {}
+    for r in out["rows"]:
+        key = (r["method"], r["n"], r["d"], r["k"])
+        if r.get("skipped"):
+            cell[key] = f"({r['predicted_seconds']:.0f})"
+        elif "error" in r:
+            cell[key] = "n/a"
+        else:
+            cell[key] = f"{r['seconds']:.2f}" if r["seconds"] < 10 else f"{r['seconds']:.0f}"
+    methods = list(dict.fromkeys(r["method"] for r in out["rows"]))
+    lines = ["| method | " + " | ".join(f"N={n // 1000}k D={d} K={k}" for n, d, k in cols) + " |", "|---|" + "---|" * len(cols)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(cell.get((m, *c), "") for c in cols) + " |")
+    fwd = out["resnet50_images_per_s"]
+    lines.append("| ResNet-50 forward pass | " + " | ".join(f"{n / fwd:.0f}" for n, d, k in cols) + " |")
+    return "Seconds (predicted from the measured growth in brackets):\n\n" + "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from prefect import flow
-from lead.scoring import DEFAULT_METHODS
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
@@ -34,7 +33,7 @@ from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError
 from lead.evaluation import competition_ranks
-from lead.scoring import METHODS, get_method
+from lead.scoring import DEFAULT_METHODS, METHODS, get_method
 from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import is_complete, logits_path
 from storage.rankings import write_rankings
@@ -76,6 +75,22 @@ def parse_methods(methods: Sequence[str] | str) -> list[str]:
     if not out:
         raise InputError("rank_zoo: methods must name at least one method; got none.")
     return out
+
+
+def fallback_primary(method_ids: list[str], n: int, logger=None) -> str:
+    """The ranking method: the first of ``method_ids``, unless the dataset has fewer images than it needs
+    (GBC needs 64) and a later method can score it; then that one (with a warning). The first method is
+    still computed where it can be, and reported."""
+    first = method_ids[0]
+    if n >= get_method(first).min_samples:
+        return first
+    for other in method_ids[1:]:
+        if n >= get_method(other).min_samples:
+            if logger is not None:
+                logger.warning("%s needs at least %d images and the dataset has %d: ranking by %s",
+                               first, get_method(first).min_samples, n, other)
+            return other
+    return first
 
 
 @flow(name="rank-zoo", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS), validate_parameters=False)
@@ -123,6 +138,7 @@ def rank_zoo(
     ds = check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name))
     for note in ds.notes:
         logger.warning("dataset %s: %s", ds.name, note)
+    primary = fallback_primary(method_ids, len(ds), logger)
     fingerprint = ds.fingerprint()
     specs = load_zoo(zoo)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"

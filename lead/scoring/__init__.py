@@ -195,7 +195,7 @@ register(
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 #: What `lead rank` computes when no --method is given; the first one ranks. Chosen by mean weighted tau
 #: on the committed benchmark suite (docs/benchmarks.md); LEAD is always computed beside it.
-DEFAULT_METHODS: tuple[str, ...] = ("lead",)
+DEFAULT_METHODS: tuple[str, ...] = ("gbc", "lead")
 
 __all__ = [
     "DEFAULT_METHODS",

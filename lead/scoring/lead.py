@@ -31,7 +31,7 @@ LOGREG_C = 1.0
 LOGREG_MAX_ITER = 100
 #: Explicit RK4 steps over [0, t] for ``loss="ce"`` (checked against scipy's solve_ivp to 1e-6 in the tests).
 CE_STEPS = 32
-#: Folds of the out-of-fold SVM (our choice; fewer when the smallest class is smaller).
+#: Folds of the out-of-fold initial state (our choice; fewer when the smallest class is smaller).
 N_FOLDS = 5
 #: Regularisation of the linear SVM (scikit-learn's default).
 SVM_C = 1.0
@@ -73,12 +73,12 @@ def lead_score(
     features,
     labels: Sequence[Hashable] | np.ndarray,
     *,
-    initial: str = "svm",
+    initial: str = "logreg",
     t: float = 1.0,
     n_per_class: int = 64,
     eta: float | str = "auto",
     head: tuple[int, ...] = (1024, 2048),
-    standardize: bool = True,
+    standardize: bool = False,
     softmax: bool = False,
     seed: int = 0,
     n_heads: int = 1,
@@ -104,11 +104,12 @@ def lead_score(
     Args:
         features: pre-logit features Z, shape (N, D), float; computed in float64.
         labels: class of each sample, shape (N,), any hashable names; at least two classes.
-        initial: how P0 is estimated. ``"svm"`` (default): one-vs-rest linear SVM, Platt-calibrated,
-            rows renormalised, out-of-fold over ``min(5, smallest class)`` stratified folds (each class
-            needs >= 2 samples). ``"svm_insample"``: the same SVM fitted and evaluated on all samples.
-            ``"logreg"``: multinomial logistic regression (L-BFGS, C = 1) on the standardised features,
-            out-of-fold over the same folds; its probabilities need no calibration step.
+        initial: how P0 is estimated. ``"logreg"`` (default, chosen by the study of docs/benchmarks.md):
+            multinomial logistic regression (L-BFGS, C = 1) on the (standardised, if asked) features,
+            out-of-fold over ``min(5, smallest class)`` stratified folds (each class needs >= 2 samples);
+            its probabilities need no calibration step. ``"svm"`` (the paper's reading): one-vs-rest
+            linear SVM, Platt-calibrated, rows renormalised, out-of-fold over the same folds.
+            ``"svm_insample"``: the same SVM fitted and evaluated on all samples.
             ``"source"``: the model's own source logits mapped to the target classes as in LEEP,
             P0(y|x) = sum_z Phat(y|z) softmax(S)_z; needs ``logits``.
         t: fine-tuning "time", > 0; default 1.0 (the paper's sensitivity figure).
@@ -120,7 +121,8 @@ def lead_score(
             does not depend on the features, so a model's kernel magnitude is kept; or a float > 0.
         head: hidden widths of the random MLP head D -> head[0] -> ... -> K; ReLU, Kaiming-normal
             fan-in weights, zero biases; default (1024, 2048).
-        standardize: z-score each feature dimension before the SVM and the head (default True).
+        standardize: z-score each feature dimension before the initial-state classifier and the head
+            (default False: the study of docs/benchmarks.md ranked better on raw features).
         softmax: if True score log_softmax(Fhat)[y] instead of log Fhat[y] (default False).
         seed: seed of the head, the per-class sample and the SVM solver; the score is deterministic.
         n_heads: number of random heads (seeds seed, seed+1, ...) whose lambda_k are averaged; default 1.
@@ -168,12 +170,12 @@ def lead_details(
     features,
     labels,
     *,
-    initial: str = "svm",
+    initial: str = "logreg",
     t: float = 1.0,
     n_per_class: int = 64,
     eta: float | str = "auto",
     head: tuple[int, ...] = (1024, 2048),
-    standardize: bool = True,
+    standardize: bool = False,
     softmax: bool = False,
     seed: int = 0,
     n_heads: int = 1,
@@ -207,7 +209,7 @@ def lead_details(
     if initial in ("svm", "logreg") and enc.counts.min() < 2:
         small = [enc.classes[i] for i in np.nonzero(enc.counts < 2)[0]][:5]
         raise InputError(
-            f"{where}: every class must have at least 2 samples for the out-of-fold SVM; got 1 for {small}. "
+            f"{where}: every class must have at least 2 samples for the out-of-fold initial state; got 1 for {small}. "
             "Add samples, drop the class, or use initial='svm_insample'."
         )
 

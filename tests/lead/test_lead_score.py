@@ -243,7 +243,7 @@ def test_standardize_changes_the_kernel_scale():
     raw = lead_details(x * 10, y, standardize=False).lambdas
     std = lead_details(x * 10, y, standardize=True).lambdas
     assert raw.mean() > 10 * std.mean()
-    assert lead_score(x * 10, y) == pytest.approx(lead_score(x, y), rel=1e-9)
+    assert lead_score(x * 10, y, standardize=True) == pytest.approx(lead_score(x, y, standardize=True), rel=1e-9)
 
 
 def test_inputs_are_not_modified():
@@ -291,7 +291,7 @@ def test_bad_arrays_raise_clear_errors():
         lead_score(x, y[:-1])
     with pytest.raises(InputError, match="at least 2 classes; got 1"):
         lead_score(x, np.zeros(len(y)))
-    with pytest.raises(InputError, match=r"at least 2 samples for the out-of-fold SVM; got 1 for \[9\]"):
+    with pytest.raises(InputError, match=r"at least 2 samples for the out-of-fold initial state; got 1 for \[9\]"):
         lead_score(x[:21], np.r_[y[:20], 9])
     # the in-sample SVM accepts a singleton class
     assert np.isfinite(lead_score(x[:21], np.r_[y[:20], 9], initial="svm_insample"))
