@@ -138,6 +138,12 @@ def rank_zoo(
     ds = check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name))
     for note in ds.notes:
         logger.warning("dataset %s: %s", ds.name, note)
+    if method_ids == list(DEFAULT_METHODS):  # the default leaves out what the dataset is too small for
+        fit = [m for m in method_ids if len(ds) >= get_method(m).min_samples]
+        if fit and fit != method_ids:
+            logger.warning("the dataset has %d images: %s left out of the default methods (it needs more)",
+                           len(ds), ", ".join(m for m in method_ids if m not in fit))
+            method_ids = fit
     primary = fallback_primary(method_ids, len(ds), logger)
     fingerprint = ds.fingerprint()
     specs = load_zoo(zoo)
