@@ -47,6 +47,7 @@ from lead.benchbuild import (
     digest,
     fashion_mnist,
     features_and_logits,
+    pretraining_data,
     finetune,
     ground_truth,
     make_target,
@@ -116,12 +117,9 @@ def pretrain_model(spec: Pretraining, pool: int | None, source_digest: str, work
     if ckpt.is_file() and record.is_file():
         return json.loads(record.read_text())
     set_threads()
-    images, labels = fashion_mnist("train")
-    if pool:
-        images, labels = images[:pool], labels[:pool]
-    logger.info("pre-training %s (%s) on %d Fashion-MNIST images", spec.name, spec.arch, spec.images)
-    model, info = pretrain(spec, images, labels)
-    test_x, test_y = fashion_mnist("test")
+    images, labels, test_x, test_y, classes = pretraining_data(spec, pool)
+    logger.info("pre-training %s (%s) on %d images of %s", spec.name, spec.arch, spec.images, spec.source)
+    model, info = pretrain(spec, images, labels, num_classes=len(classes))
     import torch
 
     acc = accuracy(model, to_input(test_x, (spec.input_size,) * 2, (0.5,) * 3, (0.5,) * 3), torch.from_numpy(test_y))
@@ -292,8 +290,9 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     out_dir, work_dir = Path(out).expanduser().resolve(), Path(work).expanduser().resolve()
     suite_dir = out_dir / cfg.name
     work_dir.mkdir(parents=True, exist_ok=True)
-    source_digest = file_digest(Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) if cfg.pretrained else ""
-    if cfg.pretrained:
+    source_digest = (file_digest(Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+                     if any(p.source == "fashion-mnist" for p in cfg.pretrained) else "")
+    if any(p.source == "fashion-mnist" for p in cfg.pretrained):
         fashion_mnist("train")  # a clear error now if the package is missing
 
     timings: dict[str, float] = {}
@@ -325,7 +324,7 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
 
     t0 = time.perf_counter()
     kernels = [row for rows in _gather([backbone_kernel.submit(s, weights[s.name], t, target_paths[t.name], str(work_dir))
-                                        for t, s in pairs]) for row in rows]
+                                        for t, s in pairs]) for row in rows] if cfg.kernels else []
     timings["kernels_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -362,6 +361,9 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     })
     tgt = {t.name: t for t in cfg.targets}
     shots = {t.shots for t in cfg.targets}
+    params = {s.name: parameter_count(s) for s in specs}
+    source_acc = {m.name: m.source_accuracy for m in cfg.imagenet if m.source_accuracy is not None}
+    source_acc.update({r["name"]: round(float(r["source_test_acc"]), 2) for r in pre})
     doc = {
         "name": cfg.name,
         "description": (
@@ -374,7 +376,7 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
         ),
         "unit": "percent",
         "features": f"{cfg.name}/features",
-        "models": [_zoo_entry(s) for s in specs],
+        "models": [_zoo_entry(s, params[s.name], source_acc.get(s.name)) for s in specs],
         "datasets": {name: f"{t.source} (train {t.shots}/class, test {t.test_per_class}/class, seed {t.seed})" for name, t in tgt.items()},
         "protocol": {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.protocol.__dict__.items()}},
         "accuracies": accuracies,
@@ -392,12 +394,22 @@ def _protocol_text(p: FineTuning) -> str:
             f"cosine decay, no augmentation, a new linear head, rates {list(p.lrs)}, seeds {list(p.seeds)}")
 
 
-def _zoo_entry(s: ModelSpec) -> dict:
+def parameter_count(spec: ModelSpec) -> int:
+    """Parameters of the model as loaded (backbone and source head)."""
+    return int(sum(p.numel() for p in load_model(spec).parameters()))
+
+
+def _zoo_entry(s: ModelSpec, params: int | None = None, source_accuracy: float | None = None) -> dict:
     weights = s.weights
     if weights.startswith("file:"):
         weights = f"file:$LEAD_BENCH_MODELS/{s.name}.safetensors"
-    return {"name": s.name, "arch": s.arch, "weights": weights, "input_size": s.input_size[0], "mean": list(s.mean),
-            "std": list(s.std), "interpolation": s.interpolation}
+    entry = {"name": s.name, "arch": s.arch, "weights": weights, "input_size": s.input_size[0], "mean": list(s.mean),
+             "std": list(s.std), "interpolation": s.interpolation}
+    if params is not None:
+        entry["params"] = params
+    if source_accuracy is not None:
+        entry["source_accuracy"] = source_accuracy
+    return entry
 
 
 if __name__ == "__main__":

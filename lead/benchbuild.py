@@ -79,8 +79,14 @@ def fashion_mnist(split: str = "train", root: Path = FASHION_MNIST_DIR) -> tuple
     return _read_idx(images).copy(), _read_idx(labels).astype(np.int64)
 
 
-def _target_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images (n, h, w) uint8, labels (n,) int64, class names) of a target source."""
+def _halves(images: np.ndarray, labels: np.ndarray, half: str) -> tuple[np.ndarray, np.ndarray]:
+    """Half ``"a"`` (even positions) or ``"b"`` (odd positions) of a source, so that models pre-trained on
+    one half are never fine-tuned or scored on their own pre-training images."""
+    start = {"a": 0, "b": 1}[half]
+    return images[start::2], labels[start::2]
+
+
+def _base_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from lead import data
 
     if source == "animal-mnist":
@@ -100,12 +106,91 @@ def _target_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if source == "fashion-mnist-test":
         images, labels = fashion_mnist("test")
         return images, labels, list(FASHION_MNIST_CLASSES)
-    raise InputError(
-        f"benchmark target source must be one of {', '.join(TARGET_SOURCES)}; got {source!r}."
-    )
+    if source == "fashion-mnist-train":
+        images, labels = fashion_mnist("train")
+        return images, labels, list(FASHION_MNIST_CLASSES)
+    if source == "lfw-faces":
+        try:
+            from skimage.data import lfw_subset
+        except ImportError as err:
+            raise DatasetError(
+                "benchmark source 'lfw-faces': the package scikit-image must be installed; got ImportError. "
+                "Run: pip install 'scikit-image>=0.22'"
+            ) from err
+        faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; the first 100 are faces, the rest are not
+        images = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
+        return images, (np.arange(len(images)) >= 100).astype(np.int64), ["face", "non-face"]
+    if source == "digits-fashion-20":
+        d_x, d_y, d_c = _source("mnist-5k-b")
+        f_x, f_y, f_c = _base_source("fashion-mnist-test")
+        return np.concatenate([d_x, f_x]), np.concatenate([d_y, f_y + len(d_c)]), [f"digit-{c}" for c in d_c] + f_c
+    if source == "uci-digits-parity":
+        images, labels, _ = _source("uci-digits-b")
+        return images, labels % 2, ["even", "odd"]
+    raise InputError(f"benchmark source must be one of {', '.join(TARGET_SOURCES)}; got {source!r}.")
 
 
-TARGET_SOURCES = ("animal-mnist", "mnist-5k", "uci-digits", "fashion-mnist-test")
+def _source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images (n, h, w) uint8, labels (n,) int64, class names) of a source; ``<source>-a`` and
+    ``<source>-b`` are its two disjoint halves (:func:`_halves`)."""
+    if source not in _BASE_SOURCES and source[-2:] in ("-a", "-b") and source[:-2] in _BASE_SOURCES:
+        images, labels, classes = _base_source(source[:-2])
+        return (*_halves(images, labels, source[-1]), classes)
+    return _base_source(source)
+
+
+def _target_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images (n, h, w) uint8, labels (n,) int64, class names) of a target source."""
+    return _source(source)
+
+
+_BASE_SOURCES = ("animal-mnist", "mnist-5k", "uci-digits", "fashion-mnist-test", "fashion-mnist-train", "lfw-faces",
+                 "digits-fashion-20", "uci-digits-parity")
+TARGET_SOURCES = _BASE_SOURCES + tuple(f"{s}-{h}" for s in _BASE_SOURCES[:5] for h in "ab")
+
+#: Domain shifts applied to a source's images (uint8 (n, h, w) -> uint8 (n, h', w')).
+TRANSFORMS = ("", "invert", "rot90", "low-contrast", "down8")
+
+
+def apply_transform(images: np.ndarray, transform: str) -> np.ndarray:
+    """A domain shift of gray images: ``invert`` (255 - x), ``rot90`` (a quarter turn counter-clockwise),
+    ``low-contrast`` (values squeezed into [96, 160]), ``down8`` (area-averaged down to 8 x 8, which the
+    model's resize then blurs back up).
+
+    Raises:
+        InputError: an unknown transform.
+    """
+    if transform == "":
+        return images
+    if transform == "invert":
+        return (255 - images).astype(np.uint8)
+    if transform == "rot90":
+        return np.ascontiguousarray(np.rot90(images, k=1, axes=(1, 2)))
+    if transform == "low-contrast":
+        return (96.0 + images.astype(np.float32) * (64.0 / 255.0)).round().astype(np.uint8)
+    if transform == "down8":
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
+        return F.adaptive_avg_pool2d(x, 8).squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+    raise InputError(f"benchmark transform must be one of {', '.join(t or "''" for t in TRANSFORMS)}; got {transform!r}.")
+
+
+def select_classes(images: np.ndarray, labels: np.ndarray, classes: list[str], keep: tuple[str, ...]):
+    """Keep only the classes named in ``keep`` (relabelled 0..len(keep)-1 in that order); all when empty.
+
+    Raises:
+        InputError: a name of ``keep`` is not a class of the source.
+    """
+    if not keep:
+        return images, labels, classes
+    missing = [c for c in keep if c not in classes]
+    if missing:
+        raise InputError(f"benchmark classes {missing} must be classes of the source {classes}; got them anyway.")
+    new = {classes.index(c): i for i, c in enumerate(keep)}
+    mask = np.isin(labels, list(new))
+    return images[mask], np.array([new[int(v)] for v in labels[mask]], dtype=np.int64), list(keep)
 
 
 @dataclass(frozen=True)
@@ -118,6 +203,10 @@ class Target:
     shots: int = 20
     test_per_class: int = 50
     seed: int = 0
+    #: A domain shift of :data:`TRANSFORMS` applied to every image.
+    transform: str = ""
+    #: Class names of the source to keep (all when empty), relabelled in this order.
+    classes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -163,6 +252,8 @@ def make_target(target: Target) -> TargetData:
         DatasetError: the source's package is missing.
     """
     images, labels, classes = _target_source(target.source)
+    images, labels, classes = select_classes(images, labels, classes, tuple(target.classes))
+    images = apply_transform(images, target.transform)
     rng = np.random.default_rng(target.seed)
     train, test = [], []
     for k in range(len(classes)):
@@ -205,9 +296,11 @@ def to_input(images: np.ndarray, input_size: tuple[int, int], mean, std, interpo
 
 @dataclass(frozen=True)
 class Pretraining:
-    """A zoo member pre-trained here on Fashion-MNIST's training split, from random initialisation.
+    """A zoo member pre-trained here from random initialisation, by default on Fashion-MNIST's training
+    split; ``source`` (a source of :data:`TARGET_SOURCES`, usually an ``-a`` half), ``classes`` and
+    ``transform`` pre-train it on something else (see :func:`pretraining_data`).
 
-    ``images`` training images are seen in total (``images`` / 60,000 epochs), in batches of ``batch_size``
+    ``images`` training images are seen in total (``images`` / pool size epochs), in batches of ``batch_size``
     with AdamW (``lr``, weight decay ``weight_decay``), a 5% linear warm-up and a cosine decay to 0.
     """
 
@@ -219,6 +312,34 @@ class Pretraining:
     lr: float = 2e-3
     weight_decay: float = 0.05
     seed: int = 0
+    source: str = "fashion-mnist"
+    transform: str = ""
+    classes: tuple[str, ...] = ()
+
+
+def pretraining_data(p: Pretraining, pool: int | None = None):
+    """Training and held-out test images of a pre-training source.
+
+    Fashion-MNIST trains on its training split (the first ``pool`` images, or all) and tests on its test
+    split; any other source holds out every tenth image for the test. ``classes`` and ``transform`` apply
+    to both.
+
+    Returns:
+        (train images (n, h, w) uint8, train labels (n,) int64, test images, test labels, class names).
+    """
+    if p.source == "fashion-mnist":
+        tr_x, tr_y = fashion_mnist("train")
+        if pool:
+            tr_x, tr_y = tr_x[:pool], tr_y[:pool]
+        te_x, te_y = fashion_mnist("test")
+        classes = list(FASHION_MNIST_CLASSES)
+    else:
+        images, labels, classes = _source(p.source)
+        test = np.arange(len(labels)) % 10 == 9
+        tr_x, tr_y, te_x, te_y = images[~test], labels[~test], images[test], labels[test]
+    tr_x, tr_y, kept = select_classes(tr_x, tr_y, classes, tuple(p.classes))
+    te_x, te_y, _ = select_classes(te_x, te_y, classes, tuple(p.classes))
+    return apply_transform(tr_x, p.transform), tr_y, apply_transform(te_x, p.transform), te_y, kept
 
 
 @dataclass(frozen=True)
@@ -252,11 +373,12 @@ def set_threads(n: int = 1) -> None:
     torch.set_num_threads(n)
 
 
-def pretrain(p: Pretraining, images: np.ndarray, labels: np.ndarray, progress: Callable[[int, int], None] | None = None):
-    """Pre-train ``p.arch`` (timm, random init, 10 classes) on Fashion-MNIST.
+def pretrain(p: Pretraining, images: np.ndarray, labels: np.ndarray, progress: Callable[[int, int], None] | None = None,
+             num_classes: int = 10):
+    """Pre-train ``p.arch`` (timm, random init, ``num_classes`` classes) on ``images``.
 
     Args:
-        images: (n, 28, 28) uint8 training images; labels (n,) int64.
+        images: (n, h, w) uint8 training images; labels (n,) int64.
     Returns:
         (model in eval mode, {"seconds", "train_loss" (mean of the last 50 steps), "steps"}).
     """
@@ -266,7 +388,7 @@ def pretrain(p: Pretraining, images: np.ndarray, labels: np.ndarray, progress: C
 
     g = torch.Generator().manual_seed(p.seed)
     torch.manual_seed(p.seed)
-    model = timm.create_model(p.arch, pretrained=False, num_classes=10)
+    model = timm.create_model(p.arch, pretrained=False, num_classes=num_classes)
     model.train()
     x_all = to_input(images, (p.input_size, p.input_size), (0.5,) * 3, (0.5,) * 3)
     y_all = torch.from_numpy(labels)
@@ -394,6 +516,8 @@ class ImageNetModel:
     arch: str
     package: str
     input_size: int = 48
+    #: ImageNet-1k top-1 accuracy of the weights at their native resolution (percent), the static prior.
+    source_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -424,6 +548,8 @@ class BuildConfig:
     protocol: FineTuning = field(default_factory=FineTuning)
     #: Fashion-MNIST training images used for pre-training (None: all 60,000); tests use fewer.
     pretrain_pool: int | None = None
+    #: Whether to compute the backbone kernels of the LEAD study (``kernels.csv``).
+    kernels: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -433,8 +559,13 @@ class BuildConfig:
         return cls(
             name=doc["name"],
             imagenet=tuple(ImageNetModel(**m) for m in doc.get("imagenet", [])),
-            pretrained=tuple(Pretraining(**m) for m in doc.get("pretrained", [])),
-            targets=tuple(Target(**t) for t in doc["targets"]),
+            pretrained=tuple(Pretraining(**_tupled(m, "classes")) for m in doc.get("pretrained", [])),
+            targets=tuple(Target(**_tupled(t, "classes")) for t in doc["targets"]),
             protocol=FineTuning(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("protocol", {}).items()}),
             pretrain_pool=doc.get("pretrain_pool"),
+            kernels=bool(doc.get("kernels", True)),
         )
+
+
+def _tupled(doc: dict, key: str) -> dict:
+    return {**doc, key: tuple(doc[key])} if key in doc else doc

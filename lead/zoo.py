@@ -56,6 +56,10 @@ class ModelSpec:
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
     num_classes: int | None = None
+    #: The weights' own accuracy on their pre-training task (percent), for the static prior; optional.
+    source_accuracy: float | None = None
+    #: Parameter count (the prior "bigger is better"); counted from the architecture when absent.
+    params: int | None = None
 
     @property
     def scheme(self) -> str:
@@ -76,7 +80,12 @@ class ModelSpec:
         }
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The spec as a dict; the optional prior fields only when set (so older zoo digests hold)."""
+        doc = asdict(self)
+        for key in ("source_accuracy", "params"):
+            if doc[key] is None:
+                del doc[key]
+        return doc
 
 
 def _parse_entry(entry: dict, base: Path, where: str) -> ModelSpec:
@@ -85,7 +94,8 @@ def _parse_entry(entry: dict, base: Path, where: str) -> ModelSpec:
     missing = [k for k in ("name", "arch", "weights", "input_size", "mean", "std") if k not in entry]
     if missing:
         raise InputError(f"{where}: model {entry.get('name', '?')!r} must have {missing}; got keys {sorted(entry)}.")
-    unknown = set(entry) - {"name", "arch", "weights", "input_size", "mean", "std", "interpolation", "num_classes"}
+    unknown = set(entry) - {"name", "arch", "weights", "input_size", "mean", "std", "interpolation", "num_classes",
+                            "source_accuracy", "params"}
     if unknown:
         raise InputError(f"{where}: model {entry['name']!r} has unknown keys {sorted(unknown)}.")
     name = check_name(str(entry["name"]), what=f"{where}: model")
@@ -119,7 +129,14 @@ def _parse_entry(entry: dict, base: Path, where: str) -> ModelSpec:
     num_classes = entry.get("num_classes")
     if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 0):
         raise InputError(f"{where}: model {name!r} num_classes must be an int >= 0; got {num_classes!r}.")
-    return ModelSpec(name, str(entry["arch"]), weights, size, stats["mean"], stats["std"], interp, num_classes)
+    prior = {}
+    for key, kind in (("source_accuracy", (int, float)), ("params", int)):
+        v = entry.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or v < 0):
+            raise InputError(f"{where}: model {name!r} {key} must be a number >= 0; got {v!r}.")
+        prior[key] = v
+    return ModelSpec(name, str(entry["arch"]), weights, size, stats["mean"], stats["std"], interp, num_classes,
+                     None if prior["source_accuracy"] is None else float(prior["source_accuracy"]), prior["params"])
 
 
 #: Zoos shipped with the package, usable by name in ``--zoo``.
