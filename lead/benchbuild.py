@@ -174,7 +174,8 @@ def apply_transform(images: np.ndarray, transform: str) -> np.ndarray:
 
         x = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
         return F.adaptive_avg_pool2d(x, 8).squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
-    raise InputError(f"benchmark transform must be one of {', '.join(t or "''" for t in TRANSFORMS)}; got {transform!r}.")
+    known = ", ".join(repr(t) for t in TRANSFORMS)
+    raise InputError(f"benchmark transform must be one of {known}; got {transform!r}.")
 
 
 def select_classes(images: np.ndarray, labels: np.ndarray, classes: list[str], keep: tuple[str, ...]):

@@ -42,6 +42,12 @@ class Method:
             the function raises InputError.
         params: the knobs it runs with, logged as MLflow params.
         reference: the paper.
+        members: for an ensemble, the methods it aggregates across the zoo (``fn`` is then unused and
+            the ranking computes it, :mod:`lead.scoring.ranking`); empty for a score of its own.
+        how: an ensemble's aggregation, ``"rank"`` or ``"z"`` (:func:`lead.scoring.ensemble.aggregate`).
+        scale_free: the score is the same for ``features * c`` (any c > 0), as transferability is
+            (tested); False for the methods whose published definition has an absolute constant in the
+            feature scale (docs/baselines.md, "Scale").
     """
 
     name: str
@@ -53,8 +59,16 @@ class Method:
     min_samples: int = 2
     params: dict = field(default_factory=dict)
     reference: str = ""
+    members: tuple[str, ...] = ()
+    how: str = ""
+    scale_free: bool = True
 
     def __call__(self, *, labels, features=None, logits=None) -> float:
+        if self.members:
+            raise InputError(
+                f"{self.name}: an ensemble of {', '.join(self.members)} is computed across a zoo; "
+                "use lead.scoring.rank_models."
+            )
         kwargs = {}
         if self.needs_features:
             if features is None:
@@ -164,6 +178,7 @@ register(
         fn=sfda,
         needs_features=True,
         needs_logits=False,
+        scale_free=False,  # the regularisation exp(-a * sigma(S_B)) depends on the largest eigenvalue's size
         reference=(
             "Shao et al., Not All Models Are Equal: Predicting Model Transferability in a Self-challenging "
             "Fisher Space, ECCV 2022"
@@ -187,6 +202,7 @@ register(
         fn=transrate,
         needs_features=True,
         needs_logits=False,
+        scale_free=False,  # the coding rate's distortion eps is absolute
         params={"eps": EPS},
         reference="Huang et al., Frustratingly Easy Transferability Estimation, ICML 2022",
     )

@@ -5,6 +5,7 @@ Scores never modify their inputs: every array returned here is a new float64 cop
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -123,6 +124,21 @@ def standardize(x: np.ndarray) -> np.ndarray:
     std = x.std(axis=0)
     std[std == 0] = 1.0
     return (x - mean) / std
+
+
+def global_scale(x: np.ndarray) -> float:
+    """The features' global scale: sqrt(trace(Cov(x)) / D), the root mean square deviation of an entry
+    from its column mean (1.0 for constant features). Dividing by it makes a score invariant to
+    ``x * c`` for any c > 0 while keeping the relative variances of the dimensions (unlike a per-column
+    z-score, which inflates near-dead units to unit variance).
+
+    Args:
+        x: shape (N, D), float64.
+    Returns:
+        float > 0.
+    """
+    var = float(((x - x.mean(axis=0)) ** 2).mean())
+    return math.sqrt(var) if var > 0 and math.isfinite(var) else 1.0
 
 
 def require_samples(n: int, minimum: int, *, where: str, why: str, fix: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from lead.errors import InputError
-from lead.scoring._validate import check_inputs, check_int_knob
+from lead.scoring._validate import check_inputs, check_int_knob, global_scale
 
 #: PCA dimensions before the class Gaussians are fitted (google-research ``stable_transfer``
 #: config ``gbc.pca_reduction = 64``).
@@ -73,7 +73,9 @@ def gbc(
             f"{where}: features must have at least n_components={d} rows and columns for the PCA; got "
             f"shape ({n}, {dim}). Pass n_components <= {min(n, dim)} or add samples."
         )
-    z = pca_project(f, d)
+    # The variance floor is absolute in the reference; on features divided by their global scale it is
+    # relative, so the score is invariant to features * c like the Bhattacharyya coefficient itself.
+    z = pca_project(f / global_scale(f), d)
 
     means = np.zeros((enc.n_classes, d))
     np.add.at(means, enc.codes, z)

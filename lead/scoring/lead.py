@@ -19,16 +19,22 @@ from scipy.special import expit, log_softmax
 from scipy.special import softmax as softmax_rows
 
 from lead.errors import InputError
-from lead.scoring._validate import check_inputs, check_matrix
+from lead.scoring._validate import check_inputs, check_matrix, global_scale
 from lead.scoring._validate import standardize as zscore
 
 #: Initial-state estimators accepted by ``initial`` (docs/method.md, "initial").
 INITIAL_STATES = ("svm", "svm_insample", "logreg", "source")
+#: How a class's mean tangent-kernel eigenvalue is obtained (docs/method.md, "kernel").
+KERNELS = ("expected", "sampled")
+#: Feature scalings before every step (docs/method.md, "normalize").
+NORMALIZATIONS = ("global", "none")
 #: Losses whose gradient flow is followed (docs/method.md, "loss").
 LOSSES = ("mse", "ce")
 #: Regularisation of the multinomial logistic regression of ``initial="logreg"`` (scikit-learn's default).
 LOGREG_C = 1.0
 LOGREG_MAX_ITER = 100
+#: Its stopping tolerance (scikit-learn's default).
+LOGREG_TOL = 1e-4
 #: Explicit RK4 steps over [0, t] for ``loss="ce"`` (checked against scipy's solve_ivp to 1e-6 in the tests).
 CE_STEPS = 32
 #: Folds of the out-of-fold initial state (our choice; fewer when the smallest class is smaller).
@@ -79,6 +85,9 @@ def lead_score(
     eta: float | str = "auto",
     head: tuple[int, ...] = (1024, 2048),
     standardize: bool = False,
+    normalize: str = "global",
+    kernel: str = "expected",
+    logreg_c: float = 1.0,
     softmax: bool = False,
     seed: int = 0,
     n_heads: int = 1,
@@ -123,6 +132,16 @@ def lead_score(
             fan-in weights, zero biases; default (1024, 2048).
         standardize: z-score each feature dimension before the initial-state classifier and the head
             (default False: the study of docs/benchmarks.md ranked better on raw features).
+        normalize: ``"global"`` (default): divide the features by their global scale
+            sqrt(trace(Cov(Z)) / D) first (``lead.scoring._validate.global_scale``), so the score is
+            exactly invariant to ``features * c`` (c > 0), as transferability is; ``"none"``: raw features
+            (the score then changes with the features' units, see docs/method.md).
+        kernel: ``"expected"`` (default): lambda_k is the expectation of the random head's kernel
+            diagonal over the head's Kaiming draw, in closed form (:func:`expected_kernel_diagonal`):
+            deterministic, O(N D), and equal to the mean over many sampled heads (tested);
+            ``"sampled"``: the diagonal of one (or ``n_heads``) sampled head(s), as in the paper.
+        logreg_c: inverse regularisation strength C of ``initial="logreg"`` (> 0; default 1.0, on the
+            normalised features).
         softmax: if True score log_softmax(Fhat)[y] instead of log Fhat[y] (default False).
         seed: seed of the head, the per-class sample and the SVM solver; the score is deterministic.
         n_heads: number of random heads (seeds seed, seed+1, ...) whose lambda_k are averaged; default 1.
@@ -156,6 +175,9 @@ def lead_score(
         eta=eta,
         head=head,
         standardize=standardize,
+        normalize=normalize,
+        kernel=kernel,
+        logreg_c=logreg_c,
         softmax=softmax,
         seed=seed,
         n_heads=n_heads,
@@ -176,6 +198,9 @@ def lead_details(
     eta: float | str = "auto",
     head: tuple[int, ...] = (1024, 2048),
     standardize: bool = False,
+    normalize: str = "global",
+    kernel: str = "expected",
+    logreg_c: float = 1.0,
     softmax: bool = False,
     seed: int = 0,
     n_heads: int = 1,
@@ -188,6 +213,14 @@ def lead_details(
     where = "lead_score"
     x, enc = check_inputs(features, labels, where=where)
     _check_knobs(where, initial=initial, t=t, n_per_class=n_per_class, eta=eta, head=head, n_heads=n_heads)
+    if normalize not in NORMALIZATIONS:
+        raise InputError(f"{where}: normalize must be one of {NORMALIZATIONS}; got {normalize!r}.")
+    if kernel not in KERNELS:
+        raise InputError(f"{where}: kernel must be one of {KERNELS}; got {kernel!r}.")
+    if not (isinstance(logreg_c, (int, float)) and not isinstance(logreg_c, bool) and math.isfinite(logreg_c) and logreg_c > 0):
+        raise InputError(f"{where}: logreg_c must be a finite float > 0; got {logreg_c!r}.")
+    if normalize == "global":
+        x = x / global_scale(x)
     if loss not in LOSSES:
         raise InputError(f"{where}: loss must be one of {LOSSES}; got {loss!r}.")
     if class_kernel is not None:
@@ -224,12 +257,16 @@ def lead_details(
     if initial == "source":
         p0 = source_initial_state(source[order], ys, enc.n_classes)
     elif initial == "logreg":
-        p0 = logreg_initial_state(zs, ys, enc.n_classes, seed=seed)
+        p0 = logreg_initial_state(zs, ys, enc.n_classes, seed=seed, c=logreg_c)
     else:
         p0 = svm_initial_state(zs, ys, enc.n_classes, out_of_fold=(initial == "svm"), seed=seed)
 
     if class_kernel is not None:
         lambdas = class_kernel.copy()
+    elif kernel == "expected":
+        zh = zs / math.sqrt(zs.shape[1]) if rescale else zs
+        diag = expected_kernel_diagonal(zh, enc.n_classes, head)
+        lambdas = np.bincount(ys, weights=diag, minlength=enc.n_classes) / np.bincount(ys, minlength=enc.n_classes)
     else:
         zh = zs / math.sqrt(zs.shape[1]) if rescale else zs
         lambdas = np.zeros(enc.n_classes)
@@ -365,8 +402,8 @@ def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_o
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def logreg_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int) -> np.ndarray:
-    """P0 from a multinomial logistic regression (L-BFGS, C = ``LOGREG_C``), out-of-fold over
+def logreg_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int, c: float = LOGREG_C) -> np.ndarray:
+    """P0 from a multinomial logistic regression (L-BFGS, C = ``c``), out-of-fold over
     ``min(5, smallest class)`` stratified folds (:func:`stratified_folds`).
 
     Cost O(N D K) per L-BFGS iteration, so it scales to N = 50,000, D = 2,048, K = 100 where the
@@ -382,10 +419,17 @@ def logreg_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, se
 
     n_folds = int(min(N_FOLDS, np.bincount(codes, minlength=n_classes).min()))
     folds = stratified_folds(codes, n_classes, n_folds, seed)
+    if z.shape[1] > z.shape[0]:
+        # More dimensions than samples: the L2-regularised solution lies in the span of the samples
+        # (representer theorem), so the features' coordinates in an orthonormal basis of that span,
+        # Z V = U S (thin SVD), give the same fit and the same probabilities with N instead of D
+        # weights per class (L-BFGS from zero is invariant to the rotation).
+        u, sv, _ = np.linalg.svd(z, full_matrices=False)
+        z = u * sv
     probs = np.empty((z.shape[0], n_classes))
     for f in range(n_folds):
         train, test = folds != f, folds == f
-        clf = LogisticRegression(C=LOGREG_C, max_iter=LOGREG_MAX_ITER)
+        clf = LogisticRegression(C=c, max_iter=LOGREG_MAX_ITER, tol=LOGREG_TOL)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(z[train], codes[train])
@@ -514,6 +558,31 @@ def kernel_diagonal(z: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) 
         if i > 0:
             delta = (delta @ layers[i][0]) * (pres[i - 1] > 0)
     return total
+
+
+def expected_kernel_diagonal(z: np.ndarray, n_classes: int, widths: tuple[int, ...]) -> np.ndarray:
+    """Expectation of :func:`kernel_diagonal` over the random head's draw (:func:`random_head`), in closed form.
+
+    For a ReLU MLP D = d_0 -> d_1 -> ... -> d_L -> K with Kaiming-normal fan-in weights N(0, 2 / fan_in)
+    and zero biases, in the usual independence approximation of wide networks (the back-propagated
+    signal independent of the forward ReLU masks): the forward pass keeps the mean squared activation,
+    E ||a_l||^2 = (d_l / D) ||z||^2, and the backward pass keeps E ||delta_l||^2 = K (each layer's
+    Kaiming gain 2 cancels the ReLU's half). Summing the per-layer terms ||delta_l||^2 (||a_l||^2 + 1)
+    of :func:`kernel_diagonal`:
+
+        E Phi(z, z) = K * ( (sum_l d_l) / D * ||z||^2 + (L + 1) ),   sum over l = 0..L, d_0 = D.
+
+    So the mean kernel eigenvalue of a class follows its mean squared feature norm (the study's
+    Pearson 0.997, docs/benchmarks.md), and the head's only role is this affine map.
+
+    Args:
+        z: head inputs, shape (n, D), float64; n_classes: K; widths: the hidden widths (d_1..d_L).
+    Returns:
+        shape (n,), float64, > 0.
+    """
+    dims = (z.shape[1], *widths)
+    slope = sum(dims) / z.shape[1]
+    return n_classes * (slope * np.einsum("ij,ij->i", z, z) + len(dims))
 
 
 #: Reference inputs of ``eta="reference"``.

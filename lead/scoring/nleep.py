@@ -12,7 +12,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from lead.errors import InputError, ScoreError
-from lead.scoring._validate import check_float_knob, check_inputs, check_int_knob, require_samples
+from lead.scoring._validate import check_float_knob, check_inputs, check_int_knob, global_scale, require_samples
 from lead.scoring.leep import leep_from_probabilities
 
 #: Fraction of the variance the PCA keeps (paper; TencentARC/SFDA ``NLEEP``: ``PCA(n_components=0.8)``).
@@ -95,7 +95,9 @@ def nleep(
 
     order = np.argsort(x @ np.random.default_rng(ORDER_SEED).standard_normal(x.shape[1]), kind="stable")
     xs, codes = x[order], enc.codes[order]
-    reduced = PCA(n_components=variance, svd_solver="full").fit_transform(xs)
+    # reg_covar (1e-6) is absolute; on features divided by their global scale it is relative, so the
+    # score is invariant to features * c.
+    reduced = PCA(n_components=variance, svd_solver="full").fit_transform(xs / global_scale(xs))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
