@@ -53,7 +53,6 @@ SUITES = ("offline-fewshot", "offline-broad")
 LEAD_VARIANTS = {
     "lead[C=0.1]": {"logreg_c": 0.1},
     "lead[C=10]": {"logreg_c": 10.0},
-    "lead[sampled-head]": {"kernel": "sampled"},
     "lead[raw-features]": {"normalize": "none", "kernel": "sampled"},  # the previous default (scale-dependent)
 }
 #: Rank-aggregation ensembles: (members, how) with how in ("rank", "z").
@@ -73,6 +72,19 @@ def base_candidates() -> list[str]:
     return list(METHODS) + list(LEAD_VARIANTS)
 
 
+def code_digest(name: str) -> str:
+    """sha256 of the source files a candidate's score depends on: a changed method is recomputed."""
+    import hashlib
+
+    scoring = ROOT / "lead" / "scoring"
+    base = name.split("[")[0]
+    files = [scoring / "_validate.py", scoring / f"{base}.py"] + ([scoring / "leep.py"] if base == "nleep" else [])
+    h = hashlib.sha256(json.dumps(LEAD_VARIANTS.get(name, {}), sort_keys=True).encode())
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def score_one(name: str, features: np.ndarray, logits: np.ndarray | None, labels: np.ndarray) -> float:
     if name in LEAD_VARIANTS:
         return float(lead_score(features, labels, **LEAD_VARIANTS[name]))
@@ -84,6 +96,13 @@ def compute_scores(suites, cache_path: Path) -> dict:
     from storage.logits import read_logits
 
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    digests = cache.setdefault("_digest", {})
+    for c in base_candidates():  # a candidate whose code changed is recomputed everywhere
+        if digests.setdefault(c, code_digest(c)) != code_digest(c):
+            for key, by in cache.items():
+                if not key.startswith("_"):
+                    by.pop(c, None)
+            digests[c] = code_digest(c)
     todo = [(s, d, m) for s in suites for d in s.datasets for m in s.accuracies[d]]
     started = time.perf_counter()
     for i, (suite, dataset, model) in enumerate(todo):
@@ -142,6 +161,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table-only", action="store_true", help="report from the cached scores; compute nothing new")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ap.add_argument("--write-expected", action="store_true",
+                    help="store each suite's table of registered methods as <suite>/weighted_tau.json (the tests' expected values)")
     args = ap.parse_args(argv)
 
     suites = [load_suite(s) for s in SUITES if (ROOT / "lead" / "suites" / f"{s}.yaml").is_file()]
@@ -198,6 +219,18 @@ def main(argv=None) -> int:
         "chosen": chosen,
         "seconds": cache.get("_seconds", {}),
     }
+    if args.write_expected:
+        from lead.scoring import get_method as _gm
+
+        for suite in suites:
+            keys = [t for t in tkeys if t.startswith(suite.name + "/")]
+            table = {m: {short(t): (None if not math.isfinite(tau[m][t]) else tau[m][t]) for t in keys} for m in METHODS}
+            (suite.path.parent / suite.name / "weighted_tau.json").write_text(json.dumps({
+                "note": f"weighted tau of `lead bench --suite {suite.name} --method all`, written by benchmarks/select_default.py",
+                "lead_params": {k: list(v) if isinstance(v, tuple) else v for k, v in _gm("lead").params.items()},
+                "weighted_tau": table,
+                "mean_weighted_tau": {m: float(np.nanmean([tau[m][t] for t in keys])) for m in METHODS},
+            }, indent=1))
     (RESULTS / "selection.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     (RESULTS / "selection.md").write_text(markdown(report, targets))
     print(markdown(report, targets))

@@ -25,18 +25,32 @@ from prefect.logging import get_run_logger
 from flows.rank_zoo import artifact_key, parse_methods, rank_zoo
 from lead.benchmark import STATISTICS, evaluate, load_suite, mean_by_method
 from lead.config import Settings
+from lead.scoring.priors import PRIORS, prior_scores
+from lead.scoring.ranking import plan_methods, rank_scores
+from lead.zoo import load_zoo
 from storage.bench import bench_dir, plot_scores, write_bench_table
 from storage.tracking import RunRecord, Tracker, run_url
 from tasks.score import score_model
 
 
+def below_prior(rows: list[dict], method: str, dataset: str) -> bool:
+    """Whether ``method`` ranks ``dataset`` worse (lower weighted tau) than a static prior does."""
+    tau = {r["method"]: r["weighted_tau"] for r in rows if r["dataset"] == dataset}
+    mine = tau.get(method, math.nan)
+    return any(math.isfinite(tau.get(p, math.nan)) and math.isfinite(mine) and mine < tau[p] for p in PRIORS)
+
+
 def markdown_table(rows: list[dict], methods: list[str], datasets: list[str], published: dict | None = None) -> str:
-    """Weighted tau per dataset (rows) and method (columns), with the mean; published values in brackets."""
+    """Weighted tau per dataset (rows) and method (columns), with the mean; published values in brackets;
+    the static priors (``prior:*``) as columns, and ``<`` after a method's value where a prior ranks better."""
     tau = {(r["dataset"], r["method"]): r["weighted_tau"] for r in rows}
     mean = mean_by_method(rows)
+    priors = [p for p in PRIORS if any(r["method"] == p for r in rows)]
+    methods = [m for m in methods if m not in priors] + priors
 
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
+    def cell(v, method=None, dataset=None):
+        text = f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
+        return text + (" <" if method and method not in PRIORS and below_prior(rows, method, dataset) else "")
 
     def pub(method, dataset):
         v = (published or {}).get(method, {}).get(dataset)
@@ -44,9 +58,19 @@ def markdown_table(rows: list[dict], methods: list[str], datasets: list[str], pu
 
     lines = ["| dataset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for d in datasets:
-        lines.append(f"| {d} | " + " | ".join(cell(tau.get((d, m), math.nan)) + pub(m, d) for m in methods) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{cell(mean[m])}**" for m in methods) + " |")
+        lines.append(f"| {d} | " + " | ".join(cell(tau.get((d, m), math.nan), m, d) + pub(m, d) for m in methods) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{cell(mean.get(m, math.nan))}**" for m in methods) + " |")
+    if priors:
+        lines += ["", "`<`: below a static prior on that dataset (prior:params = bigger is better, "
+                  "prior:source-accuracy = the model's own pre-training accuracy)."]
     return "\n".join(lines)
+
+
+def read_metadata_rows(files: dict[str, Path]) -> list:
+    """The sample ids of the first stored file (every model of a dataset has the same samples)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(next(iter(files.values())), columns=["sample_id"]).column("sample_id").to_pylist()
 
 
 def score_stored(files: dict[str, Path], methods: list[str]) -> dict[str, dict[str, float]]:
@@ -87,6 +111,11 @@ def bench(
     settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
     method_ids = parse_methods(methods)
     s = load_suite(suite)
+    try:
+        specs = {spec.name: spec for spec in load_zoo(s.zoo)}
+    except Exception as err:  # the priors are reference rows; a zoo that cannot be read only loses them
+        logger.warning("static priors left out: %s", err)
+        specs = {}
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     scores: dict[str, dict[str, dict[str, float]]] = {}
     failures: dict[str, str] = {}
@@ -94,7 +123,11 @@ def bench(
     for name, source in s.datasets.items():
         if s.features is not None:  # stored features: score the files, no forward pass
             try:
-                scores[name] = score_stored(s.stored_features(name), method_ids)
+                files = s.stored_features(name)
+                plan = plan_methods(method_ids, len(read_metadata_rows(files)))
+                raw = score_stored(files, list(plan.computed))
+                ranking = rank_scores(plan, {m: {k: v.get(k, math.nan) for k in files} for m, v in raw.items()})
+                scores[name] = {m: {k: v for k, v in ranking.scores[m].items() if math.isfinite(v)} for m in method_ids}
             except Exception as err:
                 failures[name] = f"{type(err).__name__}: {err}"
                 logger.error("dataset %s could not be scored: %s", name, err)
@@ -111,7 +144,11 @@ def bench(
         selections[name] = sel["run_id"]
         scores[name] = {m: {x["model"]: x["scores"][m] for x in sel["models"] if m in x["scores"]} for m in method_ids}
 
-    rows = evaluate(s, scores, method_ids)
+    for name in scores:  # the static priors, as reference rows
+        for prior, values in prior_scores(list(s.accuracies[name]), specs).items():
+            scores[name][prior] = {k: v for k, v in values.items() if math.isfinite(v)}
+    priors = [p for p in PRIORS if any(p in v for v in scores.values())]
+    rows = evaluate(s, scores, method_ids + priors)
     for r in rows:
         if r["dataset"] in failures:
             r["note"] = failures[r["dataset"]][:500]
@@ -128,7 +165,7 @@ def bench(
         parent = tracker.start_parent(exp, run_name=f"bench-{s.name}-{run_id}", tags={"suite": s.name, "lead_run_id": run_id})
         metrics = {f"tau.{r['method']}.{r['dataset']}": r["weighted_tau"] for r in rows if math.isfinite(r["weighted_tau"])}
         metrics.update({f"mean_tau.{m}": v for m, v in mean.items() if math.isfinite(v)})
-        best = max((m for m in mean if math.isfinite(mean[m])), key=lambda m: mean[m], default="")
+        best = max((m for m in method_ids if math.isfinite(mean.get(m, math.nan))), key=lambda m: mean[m], default="")
         tracker.log_selection(
             exp, parent,
             RunRecord(s.name, {"best_method": best, "failed_datasets": ",".join(failures),

@@ -29,7 +29,7 @@ app = typer.Typer(
 
 from lead.scoring import DEFAULT_METHODS  # noqa: E402  (light: numpy and scipy only)
 
-_DEFAULT_METHOD = ",".join(DEFAULT_METHODS)
+_DEFAULT_METHOD = "default"
 METHOD_HELP = (
     "Comma-separated transferability scores, or 'all'; the first one ranks (on a dataset too small for it, "
     "e.g. under 64 images for gbc, the next one that can). Known: lead, logme, leep, nce, nleep, hscore, sfda, "
@@ -458,10 +458,13 @@ def _print_bench(result: dict) -> None:
 
     from rich.table import Table
 
+    from flows.bench import below_prior
     from lead.benchmark import mean_by_method
+    from lead.scoring.priors import PRIORS
 
     console = _console()
-    methods = result["methods"]
+    priors = [p for p in PRIORS if any(r["method"] == p for r in result["rows"])]
+    methods = list(result["methods"]) + priors
     published = result.get("published") or {}
     table = Table(title=f"Weighted tau on suite {result['suite']} (published values in brackets)" if published
                   else f"Weighted tau on suite {result['suite']}", title_justify="left")
@@ -470,14 +473,19 @@ def _print_bench(result: dict) -> None:
         table.add_column(m, justify="right")
     tau = {(r["dataset"], r["method"]): r["weighted_tau"] for r in result["rows"]}
 
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
+    def cell(v, m=None, d=None):
+        text = f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
+        return text + (" <" if m and m not in PRIORS and below_prior(result["rows"], m, d) else "")
 
     for d in result["datasets"]:
-        table.add_row(d, *[cell(tau[(d, m)]) + (f" ({published[m][d]:.3f})" if d in published.get(m, {}) else "") for m in methods])
+        table.add_row(d, *[cell(tau[(d, m)], m, d) + (f" ({published[m][d]:.3f})" if d in published.get(m, {}) else "")
+                           for m in methods])
     mean = mean_by_method(result["rows"])
     table.add_row("mean", *[cell(mean[m]) for m in methods], style="bold")
     console.print(table)
+    if priors:
+        console.print("<: ranks below a static prior on that dataset (prior:params: bigger is better; "
+                      "prior:source-accuracy: the model's own pre-training accuracy)")
     for d, err in result["failures"].items():
         console.print(f"[red]{d} not ranked[/red]: {err}")
     console.print(f"table: {result['table_path']}")
@@ -669,7 +677,7 @@ def serve(
 
         settings = Settings.from_env(store=store)
         load_zoo(zoo)
-        methods = parse_methods(method)
+        methods = "default" if method.strip() == "default" else parse_methods(method)  # the default follows upgrades
         check_cron(cron, timezone)
         url = check_server("serve")
         deployments = build_deployments(zoo=_resolve_zoo(zoo), methods=methods, store=str(settings.store), cron=cron,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lead.scoring import DEFAULT_METHODS
 
 #: Default schedule of the nightly re-ranking: 02:00 every day, in ``DEFAULT_TIMEZONE``.
 DEFAULT_CRON = "0 2 * * *"
@@ -46,7 +45,7 @@ def check_cron(cron: str, timezone: str) -> None:
 def build_deployments(
     *,
     zoo: str,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | str = "default",
     store: str | None = None,
     cron: str = DEFAULT_CRON,
     timezone: str = DEFAULT_TIMEZONE,
@@ -57,7 +56,7 @@ def build_deployments(
 
     Args:
         zoo: zoo YAML file (give an absolute path: runs may start in another folder) or built-in name.
-        methods: method ids; the first ranks.
+        methods: method ids (the first ranks), or ``"default"``: the package's default at run time.
         store: default store of both deployments (the trigger's runs use the store named in the event).
         cron, timezone: the nightly schedule.
         tracking_uri, device: passed to the flows when given.
@@ -71,7 +70,7 @@ def build_deployments(
     from flows.rank_zoo import rank_zoo
 
     check_cron(cron, timezone)
-    common = {"zoo": zoo, "methods": list(methods), "store": store, "tracking_uri": tracking_uri, "device": device}
+    common = {"zoo": zoo, "methods": methods if isinstance(methods, str) else list(methods), "store": store, "tracking_uri": tracking_uri, "device": device}
     common = {k: v for k, v in common.items() if v is not None}
     from prefect.deployments.runner import EntrypointType
 

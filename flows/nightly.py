@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prefect import flow
-from lead.scoring import DEFAULT_METHODS
 from prefect.logging import get_run_logger
 
 from flows.rank_zoo import rank_zoo
@@ -24,7 +23,7 @@ from storage.registry import list_datasets
 @flow(name="nightly-rerank", validate_parameters=False)
 def nightly_rerank(
     zoo: str = "efficientnet-lite",
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | str = "default",
     store: str | None = None,
     tracking_uri: str | None = None,
     device: str | None = None,

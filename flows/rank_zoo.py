@@ -32,8 +32,9 @@ from lead import __version__
 from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError
-from lead.evaluation import competition_ranks
-from lead.scoring import DEFAULT_METHODS, METHODS, get_method
+from lead.scoring import get_method
+from lead.scoring.ranking import parse_methods as parse_method_list
+from lead.scoring.ranking import plan_methods, rank_scores
 from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import is_complete, logits_path
 from storage.rankings import write_rankings
@@ -55,49 +56,21 @@ def artifact_key(prefix: str, name: str) -> str:
     return f"{prefix}-{slug}"[:100]
 
 
-def parse_methods(methods: Sequence[str] | str) -> list[str]:
-    """``"lead,logme"``, ``"all"`` or a list -> validated, de-duplicated method ids (order kept; ``all``
-    expands to every registered method, ``lead.scoring.METHODS``).
+def parse_methods(methods: Sequence[str] | str | None) -> list[str]:
+    """``"lead,logme"``, ``"all"``, a list, or None (the default) -> validated method ids, in order
+    (:func:`lead.scoring.ranking.parse_methods`).
 
     Raises:
         InputError: empty, or an unknown method.
     """
-    if isinstance(methods, str):
-        methods = [m for m in methods.split(",")]
-    expanded: list[str] = []
-    for m in (m.strip() for m in methods):
-        expanded.extend(METHODS if m == "all" else [m])
-    out: list[str] = []
-    for m in expanded:
-        if m and m not in out:
-            get_method(m)
-            out.append(m)
-    if not out:
-        raise InputError("rank_zoo: methods must name at least one method; got none.")
-    return out
-
-
-def fallback_primary(method_ids: list[str], n: int, logger=None) -> str:
-    """The ranking method: the first of ``method_ids``, unless the dataset has fewer images than it needs
-    (GBC needs 64) and a later method can score it; then that one (with a warning). The first method is
-    still computed where it can be, and reported."""
-    first = method_ids[0]
-    if n >= get_method(first).min_samples:
-        return first
-    for other in method_ids[1:]:
-        if n >= get_method(other).min_samples:
-            if logger is not None:
-                logger.warning("%s needs at least %d images and the dataset has %d: ranking by %s",
-                               first, get_method(first).min_samples, n, other)
-            return other
-    return first
+    return parse_method_list(methods)[0]
 
 
 @flow(name="rank-zoo", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS), validate_parameters=False)
 def rank_zoo(
     dataset: str,
     zoo: str,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | str | None = None,
     store: str | None = None,
     tracking_uri: str | None = None,
     dataset_name: str | None = None,
@@ -111,7 +84,8 @@ def rank_zoo(
     Args:
         dataset: an ImageFolder directory, a ``path,label`` CSV manifest, or a built-in demo name.
         zoo: a zoo YAML file or a built-in zoo name.
-        methods: method ids (``lead.scoring.METHODS``); the ranking is by the first.
+        methods: method ids (``lead.scoring.METHODS``, or ``"all"``); the ranking is by the first (see
+            :mod:`lead.scoring.ranking` for the rules). None: the default, ``lead.scoring.DEFAULT_METHODS``.
         store: the store folder (default ``$LEAD_STORE`` or ``./lead-store``).
         tracking_uri: MLflow tracking URI (default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<store>/mlflow.db``).
         dataset_name: name recorded for the dataset (default: its folder or file name).
@@ -133,18 +107,10 @@ def rank_zoo(
         store=store, tracking_uri=tracking_uri, batch_size=batch_size, num_workers=num_workers,
         **({"device": device} if device else {}),
     )
-    method_ids = parse_methods(methods)
-    primary = method_ids[0]
+    parse_methods(methods)  # unknown methods fail before any work
     ds = check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name))
     for note in ds.notes:
         logger.warning("dataset %s: %s", ds.name, note)
-    if method_ids == list(DEFAULT_METHODS):  # the default leaves out what the dataset is too small for
-        fit = [m for m in method_ids if len(ds) >= get_method(m).min_samples]
-        if fit and fit != method_ids:
-            logger.warning("the dataset has %d images: %s left out of the default methods (it needs more)",
-                           len(ds), ", ".join(m for m in method_ids if m not in fit))
-            method_ids = fit
-    primary = fallback_primary(method_ids, len(ds), logger)
     fingerprint = ds.fingerprint()
     specs = load_zoo(zoo)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -219,8 +185,20 @@ def rank_zoo(
         cached = state.name == "Cached" or not result.get("extracted", True)
         models[name]["extraction"] = {"status": "cached" if cached else "extracted", "path": result["path"],
                                       "seconds": 0.0 if cached else result["seconds"]}
-        score_futures[name] = score_model.submit(name, result["path"], method_ids)
+        score_futures[name] = (score_model, result["path"])
 
+    # The methods are decided on the images actually read (unreadable ones were skipped).
+    n_read = len(ds) - len(skipped)
+    plan = plan_methods(methods, n_read)
+    for method, why in plan.dropped.items():
+        logger.warning("%s left out of the default methods: it %s", method, why)
+    if plan.fallback:
+        logger.warning("%s", plan.fallback)
+    method_ids, primary = list(plan.methods), plan.primary
+    score_futures = {name: task.submit(name, path, list(plan.computed)) for name, (task, path) in score_futures.items()}
+
+    scores: dict[str, dict[str, float]] = {m: {} for m in plan.computed}
+    errors: dict[str, dict[str, str]] = {}
     for name, fut in score_futures.items():
         fut.wait()
         if not fut.state.is_completed():
@@ -230,17 +208,25 @@ def rank_zoo(
         models[name]["scoring"] = "cached" if fut.state.name == "Cached" else "computed"
         for method, res in fut.result().items():
             if "score" in res:
-                models[name]["scores"][method] = res["score"]
+                scores[method][name] = res["score"]
             else:
-                models[name].setdefault("method_errors", {})[method] = res["error"]
+                errors.setdefault(method, {})[name] = res["error"]
+
+    # One ranking path with rank_models: ensembles, then ranks per method (1 = best, ties share a rank).
+    scored = [n for n, m in models.items() if m.get("scoring")]
+    ranking = rank_scores(plan, {m: {n: v.get(n, float("nan")) for n in scored} for m, v in scores.items()}, errors)
+    method_ids = list(ranking.methods)
+    for name in scored:
+        for method in method_ids:
+            value = ranking.scores[method].get(name)
+            if value is not None and value == value:
+                models[name]["scores"][method] = value
+            elif name in ranking.errors.get(method, {}):
+                models[name].setdefault("method_errors", {})[method] = ranking.errors[method][name]
+            if name in ranking.ranks_by[method]:
+                models[name]["ranks"][method] = ranking.ranks_by[method][name]
         if primary not in models[name]["scores"]:
             models[name].update(status="failed", error=models[name].get("method_errors", {}).get(primary, "not scored"))
-
-    # Ranks per method among the models that have that score: 1 = best, equal scores share a rank.
-    for method in method_ids:
-        ranks = competition_ranks({m["model"]: m["scores"][method] for m in models.values() if method in m["scores"]})
-        for name, r in ranks.items():
-            models[name]["ranks"][method] = r
     ordered = sorted(models.values(), key=lambda m: (m["ranks"].get(primary, 10**9), m["model"]))
     ok = [m for m in ordered if m["status"] == "ok"]
     best = ok[0]["model"] if ok else ""
@@ -255,7 +241,7 @@ def rank_zoo(
             rows.append({
                 "run_id": run_id, "created_at": created_at, "dataset": ds.name, "dataset_fingerprint": fingerprint,
                 "model": m["model"], "method": method, "score": m["scores"].get(method), "rank": m["ranks"].get(method),
-                "n_samples": len(ds), "n_classes": len(ds.classes), "mlflow_run_id": parent_id or "",
+                "n_samples": n_read, "n_classes": len(ds.classes), "mlflow_run_id": parent_id or "",
                 "flow_run_id": str(flow_run.id or ""), "params_json": params_json,
                 "status": "ok" if method in m["scores"] else "failed", "error": error,
             })
@@ -266,10 +252,13 @@ def rank_zoo(
         "dataset": ds.name,
         "dataset_path": str(ds.root),
         "dataset_fingerprint": fingerprint,
-        "n_samples": len(ds),
+        "n_samples": n_read,
         "n_classes": len(ds.classes),
         "methods": method_ids,
         "primary_method": primary,
+        "dropped_methods": dict(plan.dropped),
+        "fallback": plan.fallback,
+        "n_read": n_read,
         "best_model": best,
         "models": ordered,
         "rankings_path": str(rankings_file),
@@ -302,7 +291,7 @@ def rank_zoo(
                       "failed_models": ",".join(failed), "lead_version": __version__,
                       "skipped_images": str(len(skipped)),
                       **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {})},
-                params={"methods": ",".join(method_ids), "n_samples": str(len(ds)), "n_classes": str(len(ds.classes)),
+                params={"methods": ",".join(method_ids), "n_samples": str(n_read), "n_classes": str(len(ds.classes)),
                         **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v)
                            for meth, p in params.items() for k, v in p.items()}},
                 metrics={f"best_{primary}": ok[0]["scores"][primary]} if ok else {},
@@ -323,7 +312,7 @@ def rank_zoo(
         create_table_artifact(
             table=table,
             key=artifact_key("ranking", ds.name),
-            description=f"Ranking of {len(specs)} models on {ds.name} ({len(ds)} images, {len(ds.classes)} classes) "
+            description=f"Ranking of {len(specs)} models on {ds.name} ({n_read} images, {len(ds.classes)} classes) "
                         f"by {primary}; best: {best or 'none'}.",
         )
     except Exception as err:  # the artifact is a convenience; the ranking is already stored

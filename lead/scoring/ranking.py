@@ -49,14 +49,15 @@ class MethodPlan:
 
 def parse_methods(methods: Sequence[str] | str | None) -> tuple[list[str], bool]:
     """``None``/``"default"``, ``"lead,logme"``, ``"all"`` or a list -> (validated, de-duplicated method
-    ids in order, whether it is the default). ``all`` expands to every registered method.
+    ids in order, whether it is the default). ``all`` expands to every registered method. Only ``None``
+    and ``"default"`` are the default: an explicit list equal to it is taken as written.
 
     Raises:
         InputError: empty, or an unknown method (the message lists the known ones).
     """
     from lead.scoring import DEFAULT_METHODS, METHODS, get_method
 
-    if methods is None or (isinstance(methods, str) and methods.strip() == "default"):
+    if methods is None or (isinstance(methods, str) and methods.strip() == "default") or list(methods) == ["default"]:
         return list(DEFAULT_METHODS), True
     if isinstance(methods, str):
         methods = methods.split(",")
@@ -70,7 +71,7 @@ def parse_methods(methods: Sequence[str] | str | None) -> tuple[list[str], bool]
             out.append(m)
     if not out:
         raise InputError("methods must name at least one method; got none.")
-    return out, out == list(DEFAULT_METHODS)
+    return out, False
 
 
 def plan_methods(methods: Sequence[str] | str | None, n_samples: int) -> MethodPlan:

@@ -15,7 +15,6 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from lead.scoring import DEFAULT_METHODS
 from tests.conftest import lite_entry, write_zoo
 
 runner = CliRunner()
@@ -167,7 +166,7 @@ def test_python_deployments_and_prefect_yaml_agree(tmp_path):
     nightly, on_new = build_deployments(zoo=zoo, store=str(tmp_path), cron="30 3 * * 1-5", timezone="Europe/Paris")
     assert (nightly.name, nightly.entrypoint) == ("nightly-rerank", "flows.nightly.nightly_rerank")
     assert [(s.schedule.cron, s.schedule.timezone) for s in nightly.schedules] == [("30 3 * * 1-5", "Europe/Paris")]
-    assert nightly.parameters == {"zoo": zoo, "methods": list(DEFAULT_METHODS), "store": str(tmp_path)}
+    assert nightly.parameters == {"zoo": zoo, "methods": "default", "store": str(tmp_path)}
     assert (on_new.name, on_new.entrypoint) == ("rank-on-new-dataset", "flows.rank_zoo.rank_zoo")
     (trigger,) = on_new.triggers
     assert trigger.expect == {"lead.dataset.registered"} and trigger.parameters == TRIGGER_PARAMETERS
