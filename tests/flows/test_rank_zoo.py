@@ -121,7 +121,8 @@ def test_mlflow_parent_and_child_runs(runs):
     # every method's knobs, LEAD's included
     lead_params = {k[5:]: v for k, v in parent.data.params.items() if k.startswith("lead.")}
     assert lead_params == {"initial": "logreg", "t": "1.0", "n_per_class": "64", "eta": "auto", "head": "[1024, 2048]",
-                           "standardize": "false", "softmax": "false", "seed": "0", "n_heads": "1", "rescale": "false",
+                           "standardize": "false", "normalize": "global", "kernel": "expected", "logreg_c": "1.0",
+                           "softmax": "false", "seed": "0", "n_heads": "1", "rescale": "false",
                            "loss": "mse", "class_kernel": "null"}
     assert parent.data.params["gbc.n_components"] == "64"
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
