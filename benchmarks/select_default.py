@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from lead.benchmark import load_suite  # noqa: E402
 from lead.evaluation import weighted_tau  # noqa: E402
+from lead.scoring import ENSEMBLES as REGISTERED_ENSEMBLES  # noqa: E402
 from lead.scoring import METHODS, get_method  # noqa: E402
 from lead.scoring.ensemble import aggregate  # noqa: E402
 from lead.scoring.lead import lead_score  # noqa: E402
@@ -55,17 +56,8 @@ LEAD_VARIANTS = {
     "lead[C=10]": {"logreg_c": 10.0},
     "lead[raw-features]": {"normalize": "none", "kernel": "sampled"},  # the previous default (scale-dependent)
 }
-#: Rank-aggregation ensembles: (members, how) with how in ("rank", "z").
-ENSEMBLES = {
-    "mean-rank(logme,lead)": (("logme", "lead"), "rank"),
-    "mean-rank(logme,nleep)": (("logme", "nleep"), "rank"),
-    "mean-rank(logme,lead,nleep)": (("logme", "lead", "nleep"), "rank"),
-    "mean-rank(logme,lead,gbc)": (("logme", "lead", "gbc"), "rank"),
-    "mean-rank(logme,lead,leep)": (("logme", "lead", "leep"), "rank"),
-    "mean-rank(logme,lead,nleep,gbc)": (("logme", "lead", "nleep", "gbc"), "rank"),
-    "mean-z(logme,lead)": (("logme", "lead"), "z"),
-    "mean-z(logme,lead,nleep)": (("logme", "lead", "nleep"), "z"),
-}
+#: Rank-aggregation ensembles: the registered ones (lead.scoring.ENSEMBLES, e.g. mean-rank:logme:lead).
+ENSEMBLES = {name: (get_method(name).members, get_method(name).how) for name in REGISTERED_ENSEMBLES}
 
 
 def base_candidates() -> list[str]:

@@ -10,6 +10,7 @@ them with their reference implementations.
 from __future__ import annotations
 
 import inspect
+import math
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -209,12 +210,49 @@ register(
 )
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def register_ensemble(members: tuple[str, ...], how: str = "rank") -> Method:
+    """Register the zoo-wide aggregation of ``members`` (:func:`lead.scoring.ensemble.aggregate`) as a
+    method named ``mean-<how>:<member>:<member>...`` (e.g. ``mean-rank:logme:lead``), usable in
+    ``--method`` like any score. Returns it."""
+    from lead.scoring.ensemble import HOWS
+
+    if how not in HOWS or len(members) < 2 or any(m not in METHODS for m in members):
+        raise ValueError(f"register_ensemble: members must be >= 2 registered scores and how one of {HOWS}; got {members}, {how!r}.")
+    first = get_method(members[0])
+    return register(Method(
+        name=f"mean-{how}:" + ":".join(members),
+        fn=lambda **_: math.nan,
+        needs_features=any(get_method(m).needs_features for m in members),
+        needs_logits=all(get_method(m).needs_logits for m in members),
+        min_samples=min(get_method(m).min_samples for m in members),
+        params={"members": list(members), "how": how},
+        reference="rank aggregation of " + ", ".join(members) + " (docs/benchmarks.md, the selection protocol)",
+        members=tuple(members),
+        how=how,
+        scale_free=all(get_method(m).scale_free for m in members),
+    ))
+
+
+#: The ensembles measured by the selection protocol (benchmarks/select_default.py); not part of ``all``.
+ENSEMBLES: tuple[str, ...] = tuple(register_ensemble(m, h).name for m, h in (
+    (("logme", "lead"), "rank"),
+    (("logme", "nleep"), "rank"),
+    (("logme", "lead", "nleep"), "rank"),
+    (("logme", "lead", "gbc"), "rank"),
+    (("logme", "lead", "leep"), "rank"),
+    (("logme", "lead", "nleep", "gbc"), "rank"),
+    (("logme", "lead"), "z"),
+    (("logme", "lead", "nleep"), "z"),
+))
 #: What `lead rank` computes when no --method is given; the first one ranks. Chosen by mean weighted tau
 #: on the committed benchmark suite (docs/benchmarks.md); LEAD is always computed beside it.
 DEFAULT_METHODS: tuple[str, ...] = ("gbc", "lead")
 
 __all__ = [
     "DEFAULT_METHODS",
+    "ENSEMBLES",
     "METHODS",
     "LeadResult",
     "Method",
@@ -228,6 +266,7 @@ __all__ = [
     "nce",
     "nleep",
     "register",
+    "register_ensemble",
     "sfda",
     "transrate",
 ]

@@ -416,6 +416,7 @@ def test_nleep_equals_the_pipeline_built_step_by_step():
     f, labels = blobs(n_per_class=12, k=2, d=6, dist=3.0, seed=17)
     order = np.argsort(f @ np.random.default_rng(ORDER_SEED).standard_normal(6), kind="stable")
     fs, ys = f[order], labels[order]
+    fs = fs / np.sqrt(((fs - fs.mean(axis=0)) ** 2).mean())  # one global scale: reg_covar becomes relative
     z = PCA(n_components=0.8, svd_solver="full").fit_transform(fs)
     posterior = GaussianMixture(n_components=10, covariance_type="full", random_state=0).fit(z).predict_proba(z)
     n, m = posterior.shape

@@ -143,8 +143,8 @@ def test_rank_models_applies_the_same_rules_as_the_flow():
 
 
 def test_rank_models_default_matches_the_methods_called_one_by_one():
-    x, y, logits = _data(n=100)
-    arrays = {"a": (x, logits), "b": (x[:, :32], logits)}
+    x, y, logits = _data(n=100, d=96)
+    arrays = {"a": (x, logits), "b": (x[:, :70], logits)}
     r = rank_models(arrays, y)
     plan = plan_methods(None, len(y))
     assert r.primary == plan.primary
