@@ -53,11 +53,21 @@ SUITES = ("offline-fewshot", "offline-broad")
 #: LEAD variants (keyword arguments of lead_score); "lead" itself is the registered default.
 LEAD_VARIANTS = {
     "lead[C=0.1]": {"logreg_c": 0.1},
+    "lead[C=1]": {"logreg_c": 1.0},
     "lead[C=10]": {"logreg_c": 10.0},
-    "lead[raw-features]": {"normalize": "none", "kernel": "sampled"},  # the previous default (scale-dependent)
+    "lead[C=1000]": {"logreg_c": 1000.0},
+    "lead[raw-features]": {"normalize": "none", "kernel": "sampled", "logreg_c": 1.0},  # the previous default (scale-dependent)
 }
 #: Rank-aggregation ensembles: the registered ones (lead.scoring.ENSEMBLES, e.g. mean-rank:logme:lead).
 ENSEMBLES = {name: (get_method(name).members, get_method(name).how) for name in REGISTERED_ENSEMBLES}
+
+
+def scale_free(name: str) -> bool:
+    """Whether a candidate gives the same score for ``features * c`` (the registry's flag; LEAD variants
+    are unless they switch the global normalisation off)."""
+    if name in LEAD_VARIANTS:
+        return LEAD_VARIANTS[name].get("normalize", "global") == "global"
+    return get_method(name).scale_free
 
 
 def base_candidates() -> list[str]:
@@ -188,13 +198,21 @@ def main(argv=None) -> int:
             for c in names:
                 boot_tau[c][b, j] = tau_of(targets[t]["scores"][c], draws[t][b])
     pick = rng.integers(0, len(tkeys), size=(args.boot, len(tkeys)))
-    interval = {}
+    interval, boot_means = {}, {}
     for c in names:
         means = np.nanmean(np.take_along_axis(boot_tau[c], pick, axis=1), axis=1)
+        boot_means[c] = means
         interval[c] = (float(np.nanpercentile(means, 5)), float(np.nanpercentile(means, 95)))
 
-    selectable = [c for c in names if not c.startswith("prior:")]
+    # Only scale-free candidates may become the default: a score that changes with the features' units
+    # ranks differently when a zoo mixes normalisations (issue #12: one constant factor moved LEAD's mean
+    # weighted tau by more than 0.3 on a held-out benchmark). Scale-dependent ones are reported, not chosen.
+    selectable = [c for c in names if not c.startswith("prior:") and scale_free(c)]
     mean = {c: float(np.nanmean([tau[c][t] for t in tkeys])) for c in names}
+    # how often each selectable candidate has the best mean under the same resampling (P(best))
+    stack = np.stack([boot_means[c] for c in selectable])
+    winners = np.argmax(np.nan_to_num(stack, nan=-np.inf), axis=0)
+    p_best = {c: float(np.mean(winners == i)) for i, c in enumerate(selectable)}
     loto = {}
     for t in tkeys:
         rest = [u for u in tkeys if u != t]
@@ -209,6 +227,7 @@ def main(argv=None) -> int:
         "loto": loto,
         "loto_mean": float(np.nanmean([v["held_out_tau"] for v in loto.values()])),
         "chosen": chosen,
+        "p_best": p_best,
         "seconds": cache.get("_seconds", {}),
     }
     if args.write_expected:
@@ -239,10 +258,11 @@ def markdown(r: dict, targets) -> str:
     lines = [
         f"Weighted tau per target ({len(tkeys)} targets of {len({t.split('/')[0] for t in tkeys})} suites), the mean, and a "
         "90% bootstrap interval of the mean (targets and fine-tuning seeds resampled). Priors are reference rows; "
-        "`<prior` marks a target where the candidate ranks below the better prior.",
+        "'below a prior' counts the targets where the candidate ranks below the better prior; candidates marked "
+        "(not scale-free) are reported but cannot be chosen.",
         "",
-        "| candidate | " + " | ".join(short(t) for t in tkeys) + " | mean | 90% interval | below a prior |",
-        "|---" * (len(tkeys) + 4) + "|",
+        "| candidate | " + " | ".join(short(t) for t in tkeys) + " | mean | 90% interval | P(best) | below a prior |",
+        "|---" * (len(tkeys) + 5) + "|",
     ]
     priors = [c for c in order if c.startswith("prior:")]
     for c in order:
@@ -250,7 +270,8 @@ def markdown(r: dict, targets) -> str:
             math.isfinite(r["tau"][p][t]) and r["tau"][c][t] < r["tau"][p][t] for p in priors)]
         cells = [("n/a" if not math.isfinite(r["tau"][c][t]) else f"{r['tau'][c][t]:.3f}") for t in tkeys]
         lo, hi = r["interval90"][c]
-        lines.append(f"| {c} | " + " | ".join(cells) + f" | **{r['mean'][c]:.3f}** | {lo:.3f} - {hi:.3f} | {len(below)}/{len(tkeys)} |")
+        mark = "" if c.startswith("prior:") or scale_free(c) else " (not scale-free)"
+        lines.append(f"| {c}{mark} | " + " | ".join(cells) + f" | **{r['mean'][c]:.3f}** | {lo:.3f} - {hi:.3f} | {r['p_best'].get(c, 0.0):.2f} | {len(below)}/{len(tkeys)} |")
     lines += ["", "Leave one target out: the candidate with the best mean on the other targets, scored on the held-out one.", "",
               "| held-out target | chosen on the others | its weighted tau there |", "|---|---|---|"]
     for t in tkeys:

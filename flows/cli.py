@@ -192,6 +192,10 @@ def _print_selection(sel: dict) -> None:
         if len(ranks) > 1 and len(set(ranks)) == 1:
             console.print(f"[yellow]{method} gives every model the same score[/yellow]: it does not tell them apart here.")
     console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
+    for method, why in sel.get("dropped_methods", {}).items():
+        console.print(f"[yellow]{method} left out of the default methods[/yellow]: it {why}")
+    if sel.get("fallback"):
+        console.print(f"[yellow]{sel['fallback']}[/yellow]")
     for note in sel.get("dataset_notes", []):
         console.print(f"[yellow]dataset[/yellow]: {note}")
     if sel.get("skipped_images"):

@@ -78,7 +78,7 @@ def test_the_logistic_initial_state_in_the_span_of_the_samples_equals_the_full_f
     n, d, k = 30, 90, 3  # more dimensions than samples: fitted in the samples' span
     y = np.arange(n) % k
     x = rng.standard_normal((k, d))[y] * 0.3 + rng.standard_normal((n, d))
-    p0 = logreg_initial_state(x, y, k, seed=0)
+    p0 = logreg_initial_state(x, y, k, seed=0, c=1.0)
     folds = stratified_folds(y, k, 5, 0)
     full = np.empty((n, k))
     for f in range(5):
