@@ -377,7 +377,9 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
         "unit": "percent",
         "features": f"{cfg.name}/features",
         "models": [_zoo_entry(s, params[s.name], source_acc.get(s.name)) for s in specs],
-        "datasets": {name: f"{t.source} (train {t.shots}/class, test {t.test_per_class}/class, seed {t.seed})" for name, t in tgt.items()},
+        "datasets": {name: f"{t.source}{f' {t.transform}' if t.transform else ''}"
+                     f"{f' classes {list(t.classes)}' if t.classes else ''} "
+                     f"(train {t.shots}/class, test {t.test_per_class}/class, seed {t.seed})" for name, t in tgt.items()},
         "protocol": {**{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.protocol.__dict__.items()}},
         "accuracies": accuracies,
         "accuracy_std": spread,
