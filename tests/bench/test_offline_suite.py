@@ -59,7 +59,7 @@ def _reproduce(suite: str, datasets: list[str], tmp_path):
     res = CliRunner().invoke(app, ["bench", "--suite", str(path), "--method", "all", "--json"],
                              env={"LEAD_STORE": str(tmp_path / "store")})
     assert res.exit_code == 0, res.output
-    got = {(r["dataset"], r["method"]): r["weighted_tau"] for r in json.loads(res.output)["rows"]}
+    got = {(r["dataset"], r["method"]): r["weighted_tau"] for r in json.loads(res.stdout)["rows"]}
     table = expected(suite)["weighted_tau"]
     for method in METHODS:
         for dataset in datasets:
