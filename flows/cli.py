@@ -263,11 +263,9 @@ def rank(
         from flows.rank_zoo import parse_methods
 
         parse_methods(method)
-        from prefect.task_runners import ThreadPoolTaskRunner
+        from flows.rank_zoo import rank_zoo, task_runner
 
-        from flows.rank_zoo import DEFAULT_MAX_WORKERS, rank_zoo
-
-        flow = rank_zoo.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max_workers or DEFAULT_MAX_WORKERS))
+        flow = rank_zoo.with_options(task_runner=task_runner(Settings.from_env(store=store, max_workers=max_workers)))
         _cancel_on_interrupt()
         sel = flow(
             dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from flows.rank_zoo import rank_zoo
+from flows.rank_zoo import rank_zoo, task_runner
 from lead.config import Settings
 from storage.registry import list_datasets
 
@@ -54,7 +54,7 @@ def nightly_rerank(
     logger.info("re-ranking %d registered dataset(s) of %s with zoo %s", len(entries), settings.store, zoo)
     summary: dict[str, dict] = {}
     for entry in entries:
-        state = rank_zoo.with_options(flow_run_name=f"nightly-{entry.name}")(
+        state = rank_zoo.with_options(flow_run_name=f"nightly-{entry.name}", task_runner=task_runner(settings))(
             dataset=entry.path, zoo=zoo, methods=methods, store=str(settings.store), tracking_uri=tracking_uri,
             dataset_name=entry.name, device=device, batch_size=batch_size, num_workers=num_workers, return_state=True,
         )

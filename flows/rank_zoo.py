@@ -42,8 +42,14 @@ from storage.tracking import RunRecord, Tracker, run_url, ui_command
 from tasks.extract import extract_logits, extraction_key
 from tasks.score import score_model
 
-#: Bound of the default thread pool, read once at import; ``lead rank --max-workers`` overrides it.
+#: Bound of the decorator's thread pool for direct Python calls; ``lead rank`` and the nightly flow pass
+#: :func:`task_runner` of the resolved settings instead (``LEAD_MAX_WORKERS``, else one per GPU, else 2).
 DEFAULT_MAX_WORKERS = int(os.environ.get("LEAD_MAX_WORKERS") or 2)
+
+
+def task_runner(settings: Settings) -> ThreadPoolTaskRunner:
+    """The task runner of a ranking: a thread pool of ``settings.max_workers`` models extracted at once."""
+    return ThreadPoolTaskRunner(max_workers=settings.max_workers)
 
 
 def _error_text(err: BaseException) -> str:
@@ -135,7 +141,7 @@ def rank_zoo(
     import torch
 
     if settings.device in ("auto", "cpu") and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, min(DEFAULT_MAX_WORKERS, len(specs)))))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, min(settings.max_workers, len(specs)))))
 
     # Fan-out: one extraction per model.
     models: dict[str, dict] = {

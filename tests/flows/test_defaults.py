@@ -34,3 +34,17 @@ def test_the_default_methods_leave_out_what_a_dataset_under_64_images_cannot_sco
     assert sel["primary_method"] == plan.primary and sel["methods"][0] == plan.primary
     assert set(sel["dropped_methods"]) == {m for m in DEFAULT_METHODS if get_method(m).min_samples > 24}
     assert sel["models"][0]["status"] == "ok"
+
+
+def test_the_max_workers_setting_reaches_the_task_runner(monkeypatch):
+    from flows.rank_zoo import task_runner
+    from lead.config import Settings
+
+    monkeypatch.setenv("LEAD_MAX_WORKERS", "4")
+    assert task_runner(Settings.from_env())._max_workers == 4  # a 4-GPU host extracts 4 models at once
+    monkeypatch.delenv("LEAD_MAX_WORKERS")
+    import torch
+
+    expected = torch.cuda.device_count() if torch.cuda.is_available() else 2
+    assert task_runner(Settings.from_env())._max_workers == expected
+    assert task_runner(Settings.from_env(max_workers=3))._max_workers == 3  # the --max-workers flag
