@@ -189,6 +189,7 @@ def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | st
     Args:
         arrays: ``{model: (features, logits_or_None)}``; features (N, D) float pre-logit features,
             logits (N, Cs) float source-head logits or None (a headless model: LEEP/NCE fail for it).
+            A list pair is accepted too, and a bare features array means no logits.
         labels: (N,) class names, any hashable, the same samples for every model.
         methods: ``None`` for the default (:data:`lead.scoring.DEFAULT_METHODS`), a comma-separated
             string, ``"all"`` or a list of method ids.
@@ -203,16 +204,20 @@ def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | st
     if not arrays:
         raise InputError("rank_models: arrays must hold at least one model; got none.")
     n = len(labels)
+    pairs = {}
     for name, pair in arrays.items():
-        if not isinstance(pair, tuple) or len(pair) != 2:
+        if isinstance(pair, np.ndarray):  # features alone: a headless model
+            pair = (pair, None)
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise InputError(f"rank_models: arrays[{name!r}] must be a (features, logits_or_None) pair; got {type(pair).__name__}.")
         rows = np.shape(pair[0])[0] if np.ndim(pair[0]) else 0
         if rows != n:
             raise InputError(f"rank_models: features of {name!r} must have one row per label ({n}); got {rows}.")
+        pairs[name] = tuple(pair)
     plan = plan_methods(methods, n)
     scores: dict[str, dict[str, float]] = {m: {} for m in plan.computed}
     errors: dict[str, dict[str, str]] = {}
-    for name, (features, logits) in arrays.items():
+    for name, (features, logits) in pairs.items():
         for m in plan.computed:
             try:
                 scores[m][name] = get_method(m)(features=features, logits=logits, labels=labels)

@@ -136,6 +136,9 @@ def test_rank_models_applies_the_same_rules_as_the_flow():
     # an explicit list whose first method cannot score it ranks by the next one that can
     p = plan_methods("gbc,logme", 20)
     assert p.primary == "logme" and p.methods == ("gbc", "logme") and "gbc needs at least 64" in p.fallback
+    same = rank_models({"good": [x, logits], "noise": arrays["noise"][0], "same": (x.copy(), logits)}, y, methods="lead,leep")
+    assert same.scores == r.scores or all(  # a list pair and a bare features array are accepted
+        (math.isnan(a) and math.isnan(b)) or a == b for m in r.scores for a, b in zip(r.scores[m].values(), same.scores[m].values()))
     with pytest.raises(InputError, match="one row per label"):
         rank_models({"a": (x[:10], None)}, y)
     with pytest.raises(InputError, match="method must be one of"):
