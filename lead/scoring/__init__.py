@@ -104,7 +104,10 @@ def get_method(name: str) -> Method:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise InputError(f"get_method: method must be one of {sorted(_REGISTRY)}; got {name!r}.") from None
+        scores = sorted(k for k, m in _REGISTRY.items() if not m.members)
+        ensembles = sorted(k for k, m in _REGISTRY.items() if m.members)
+        more = f" or an ensemble {ensembles}" if ensembles else ""
+        raise InputError(f"get_method: method must be one of {scores}{more}; got {name!r}.") from None
 
 
 register(

@@ -43,11 +43,12 @@ def test_rank_then_history(tmp_path, tiny_dataset):
 
     hist = runner.invoke(app, ["history", "--store", str(store), "--json"])
     rows = [json.loads(line) for line in hist.output.splitlines()]
-    assert len(rows) == 2 and {r["best_model"] for r in rows} == {sel["best_model"]}
+    # two runs x the two default methods (lead ranks, logme beside it): one history row per run and method
+    assert len(rows) == 4 and {r["best_model"] for r in rows if r["method"] == "lead"} == {sel["best_model"]}
     sql = runner.invoke(app, ["history", "--store", str(store), "--json", "--sql",
                               "SELECT model, count(*) AS n FROM rankings GROUP BY model ORDER BY model"])
     assert [json.loads(line) for line in sql.output.splitlines()] == [
-        {"model": "efficientnet_lite0.in1k", "n": 2}, {"model": "efficientnet_lite1.in1k", "n": 2}]
+        {"model": "efficientnet_lite0.in1k", "n": 4}, {"model": "efficientnet_lite1.in1k", "n": 4}]
 
 
 def test_bad_input_is_one_line_and_exit_code_two(tmp_path):
@@ -56,7 +57,8 @@ def test_bad_input_is_one_line_and_exit_code_two(tmp_path):
     assert result.output.strip().startswith("error: dataset:") and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["rank", "-d", "animal-mnist-fewshot", "-z", "efficientnet-lite", "-m", "nope",
                                  "--store", str(tmp_path)])
-    assert result.exit_code == 2 and "method must be one of ['gbc', 'hscore', 'lead', 'leep', 'logme', 'nce', 'nleep', 'sfda', 'transrate']; got 'nope'" in result.output
+    assert result.exit_code == 2 and "method must be one of ['gbc', 'hscore', 'lead', 'leep', 'logme', 'nce', 'nleep', 'sfda', 'transrate'] or an ensemble ['mean-rank:logme:lead', " in result.output
+    assert "; got 'nope'" in result.output
     result = runner.invoke(app, ["history", "--store", str(tmp_path), "--sql", "SELEC nonsense"])
     assert result.exit_code == 2 and result.output.startswith("error:")
     result = runner.invoke(app, ["history", "--store", str(tmp_path / "nowhere")])

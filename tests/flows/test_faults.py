@@ -96,7 +96,7 @@ def test_unreachable_tracking_server_keeps_the_ranking(tmp_path, tiny_dataset):
     assert out.exit_code == 0, out.output
     assert "Ranking of 2 models" in out.output and "MLflow logging failed" in out.output
     assert "the ranking is in the rankings table" in out.output
-    rows = query(store, "SELECT model, mlflow_run_id FROM rankings ORDER BY model").to_pylist()
+    rows = query(store, "SELECT model, mlflow_run_id FROM rankings WHERE method = 'lead' ORDER BY model").to_pylist()
     assert [r["model"] for r in rows] == ["efficientnet_lite0.in1k", "efficientnet_lite1.in1k"]
     assert {r["mlflow_run_id"] for r in rows} == {""}
     assert time.perf_counter() - started < 90
@@ -152,7 +152,8 @@ def test_two_rankings_at_once_on_one_store(tmp_path, tiny_dataset):
     assert all("MLflow logging failed" not in o for o in outs)
     rows = query(store, "SELECT dataset, count(*) AS n, count(DISTINCT mlflow_run_id) AS runs, min(mlflow_run_id) AS run "
                         "FROM rankings GROUP BY dataset ORDER BY dataset").to_pylist()
-    assert [(r["dataset"], r["n"], r["runs"]) for r in rows] == [("a", 2, 1), ("b", 2, 1)]
+    # 2 models x the 2 default methods (lead, logme) per dataset, one MLflow run each
+    assert [(r["dataset"], r["n"], r["runs"]) for r in rows] == [("a", 4, 1), ("b", 4, 1)]
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")

@@ -121,7 +121,7 @@ def test_mlflow_parent_and_child_runs(runs):
     # every method's knobs, LEAD's included
     lead_params = {k[5:]: v for k, v in parent.data.params.items() if k.startswith("lead.")}
     assert lead_params == {"initial": "logreg", "t": "1.0", "n_per_class": "64", "eta": "auto", "head": "[1024, 2048]",
-                           "standardize": "false", "normalize": "global", "kernel": "expected", "logreg_c": "1.0",
+                           "standardize": "false", "normalize": "global", "kernel": "expected", "logreg_c": "100.0",
                            "softmax": "false", "seed": "0", "n_heads": "1", "rescale": "false",
                            "loss": "mse", "class_kernel": "null"}
     assert parent.data.params["gbc.n_components"] == "64"
@@ -195,8 +195,8 @@ def test_every_model_failing_fails_the_flow_after_recording(tmp_path, tiny_datas
     zoo = write_zoo(tmp_path / "zoo.yaml", [{**lite_entry(0), "name": "gone", "weights": "file:gone.pth"}])
     with pytest.raises(ScoreError, match="every model failed.*gone.pth must exist"):
         rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s"))
-    rows = query(tmp_path / "s", "SELECT model, status FROM rankings").to_pylist()
-    assert rows == [{"model": "gone", "status": "failed"}]
+    rows = query(tmp_path / "s", "SELECT model, method, status FROM rankings ORDER BY method").to_pylist()
+    assert rows == [{"model": "gone", "method": m, "status": "failed"} for m in ("lead", "logme")]
 
 
 def test_every_method_is_computed_and_a_method_failing_on_a_model_is_recorded(runs):

@@ -121,7 +121,7 @@ def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset):
                           procs=[(serve, serve_log)])
             latency_s = time.monotonic() - started
             rows = pq.read_table(files[0]).to_pylist()
-            assert len(files) == 1 and len(rows) == 1
+            assert len(files) == 1 and [r["method"] for r in rows] == ["lead", "logme"]  # the default methods
             row = rows[0]
             assert (row["dataset"], row["model"], row["method"], row["rank"], row["status"]) == (
                 "tiny", "efficientnet_lite0.in1k", "lead", 1, "ok")

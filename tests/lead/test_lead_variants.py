@@ -58,7 +58,7 @@ def test_logreg_initial_state_equals_sklearn_cross_val_predict():
     x, y = data(seed=2)
     folds = stratified_folds(y, 4, 5, seed=0)
     expected = cross_val_predict(LogisticRegression(C=1.0, max_iter=100), x, y, cv=PredefinedSplit(folds), method="predict_proba")
-    got = logreg_initial_state(x, y, 4, seed=0)
+    got = logreg_initial_state(x, y, 4, seed=0, c=1.0)
     assert np.allclose(got, expected, atol=1e-9)
 
 
