@@ -16,16 +16,43 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from lead.errors import DatasetError, InputError
 
-#: File suffixes read as images (lower case), as in torchvision's ImageFolder.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 #: Bytes read at a time when hashing files.
 HASH_CHUNK = 1 << 20
+#: Files named in a note about ignored files (the count is always complete). Our choice.
+MAX_NAMED = 10
+
+
+@lru_cache(maxsize=1)
+def image_suffixes() -> tuple[str, ...]:
+    """File suffixes read as images (lower case, sorted): every extension Pillow registers for a format it
+    can open (``PIL.Image.registered_extensions()``, e.g. ``.jfif``, ``.jpe``, ``.qoi``), except formats
+    Pillow cannot decode by itself: stub formats that need an external handler (BUFR, GRIB, HDF5,
+    WMF/EMF), MPEG (identified, never decoded) and EPS/PS without Ghostscript."""
+    from PIL import EpsImagePlugin, Image, ImageFile
+
+    Image.init()
+    external = {"MPEG"} | (set() if EpsImagePlugin.has_ghostscript() else {"EPS"})
+
+    def decodable(fmt: str) -> bool:
+        if fmt not in Image.OPEN or fmt in external:
+            return False
+        factory = Image.OPEN[fmt][0]  # a class, or a function (JPEG's) that returns one
+        return not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return tuple(sorted(ext.lower() for ext, fmt in Image.registered_extensions().items() if decodable(fmt)))
+
+
+def _some(names: Sequence[str]) -> str:
+    """``a, b, c`` for at most ``MAX_NAMED`` names, then ``and N more``."""
+    more = f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
+    return ", ".join(names[:MAX_NAMED]) + more
 
 
 @dataclass(frozen=True)
@@ -125,15 +152,16 @@ def _check_nonempty(ds: ImageDataset, source: Path) -> ImageDataset:
         if source.is_file():
             raise DatasetError(f"dataset {ds.name!r}: manifest {source} must list images; got a header and no rows.")
         raise DatasetError(f"dataset {ds.name!r}: {source} must contain images in one sub-folder per class; got none. "
-                           f"Image suffixes read: {', '.join(IMAGE_SUFFIXES)}.")
+                           f"Image suffixes read (those Pillow opens): {_some(image_suffixes())}.")
     return ds
 
 
 def image_folder(root: str | Path, *, name: str | None = None) -> ImageDataset:
     """Read an ImageFolder directory: one sub-folder per class, images inside (nested folders allowed).
 
-    Class names are the sub-folder names. Hidden files and files whose suffix is not an image suffix
-    are ignored.
+    Class names are the sub-folder names. A file is an image when Pillow can open its suffix
+    (:func:`image_suffixes`); other files (and files beside the class folders) are ignored, counted and
+    named in ``notes``; hidden files and folders (``.name``) are ignored silently.
 
     Raises:
         DatasetError: ``root`` is not a directory or holds no images.
@@ -141,20 +169,27 @@ def image_folder(root: str | Path, *, name: str | None = None) -> ImageDataset:
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset: {root} must be a directory with one sub-folder per class; got no such directory.")
+    suffixes = image_suffixes()
     samples = []
     empty = []
+    others = sorted(p.name for p in root.iterdir() if not p.is_dir() and not p.name.startswith("."))
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         before = len(samples)
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
-                if fn.startswith(".") or not fn.lower().endswith(IMAGE_SUFFIXES):
+                if fn.startswith("."):
                     continue
                 path = Path(dirpath) / fn
+                if not fn.lower().endswith(suffixes):
+                    others.append(path.relative_to(root).as_posix())
+                    continue
                 samples.append(Sample(path.relative_to(root).as_posix(), path, class_dir.name))
         if len(samples) == before:
             empty.append(class_dir.name)
     notes = [f"ignored {len(empty)} class folder(s) without images: {', '.join(empty)}"] if empty else []
+    if others:
+        notes.append(f"ignored {len(others)} file(s) that are not images: {_some(others)}")
     ds = ImageDataset(name=check_name(name or root.name, what="dataset"), root=root, samples=samples, notes=notes)
     return _check_nonempty(ds, root)
 

@@ -172,3 +172,35 @@ def test_csv_manifest_encodings(tmp_path):
     header.write_text("path,label\n")
     with pytest.raises(DatasetError, match="must list images; got a header and no rows"):
         csv_manifest(header)
+
+
+def test_every_suffix_pillow_opens_is_read_and_other_files_are_named(tmp_path):
+    """A class of .jfif JPEGs is a class; a .jfif among PNGs is read; non-image files are counted and named."""
+    from PIL import Image
+
+    from lead.data import image_suffixes
+
+    assert {".jfif", ".jpe", ".jpg", ".png", ".qoi"} <= set(image_suffixes())
+    assert not {".txt", ".pdf", ".h5"} & set(image_suffixes())
+    root = tmp_path / "ds"
+    for folder, names in {"a": ["1.jfif", "2.jfif", "3.JFIF"], "b": ["1.png", "2.png", "3.jfif", "notes.txt"]}.items():
+        (root / folder).mkdir(parents=True)
+        for n in names:
+            if n.endswith(".txt"):
+                (root / folder / n).write_text("not an image")
+            else:
+                Image.new("RGB", (8, 8), (10, 20, 30)).save(root / folder / n, format="JPEG" if "jfif" in n.lower() else "PNG")
+    (root / "README.md").write_text("about")
+    (root / "b" / ".DS_Store").write_bytes(b"\0")
+    ds = image_folder(root)
+    assert ds.classes == ["a", "b"]
+    assert [s.sample_id for s in ds.samples] == ["a/1.jfif", "a/2.jfif", "a/3.JFIF", "b/1.png", "b/2.png", "b/3.jfif"]
+    assert ds.notes == ["ignored 2 file(s) that are not images: README.md, b/notes.txt"]
+    (root / "c").mkdir()
+    for i in range(12):
+        (root / "c" / f"{i:02d}.txt").write_text("x")
+    assert image_folder(root).notes == [
+        "ignored 1 class folder(s) without images: c",
+        "ignored 14 file(s) that are not images: README.md, b/notes.txt, c/00.txt, c/01.txt, c/02.txt, c/03.txt, "
+        "c/04.txt, c/05.txt, c/06.txt, c/07.txt and 4 more",
+    ]
