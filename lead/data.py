@@ -200,17 +200,18 @@ def csv_manifest(path: str | Path, *, name: str | None = None) -> ImageDataset:
     Rows repeated exactly are read once (noted in ``notes``).
 
     Raises:
-        DatasetError: no such file; missing columns; a blank path or label (naming the line); a path
-            that leads outside the manifest's folder; listed files that do not exist (the count and the
-            first lines); one file listed with two different labels.
+        DatasetError: no such file; not UTF-8; missing columns; or, all in one error (the count and the
+            first ``MAX_NAMED`` lines): rows with a blank path or label, paths that lead outside the
+            manifest's folder, listed files that do not exist, one file listed with two labels.
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DatasetError(f"dataset: manifest {path} must exist; got no such file.")
     root = path.parent
     samples: dict[str, Sample] = {}
-    lines: dict[str, int] = {}
-    missing: list[str] = []
+    lines: dict[str, tuple[int, str]] = {}  # sample id -> (first line, its label)
+    missing: set[str] = set()
+    problems: list[str] = []
     duplicates = 0
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (as Excel writes) is not part of the header
@@ -228,34 +229,33 @@ def csv_manifest(path: str | Path, *, name: str | None = None) -> ImageDataset:
         for line, row in enumerate(reader, start=2):
             rel, label = (row["path"] or "").strip(), (row["label"] or "").strip()
             if not rel or not label:
-                raise DatasetError(
-                    f"dataset: manifest {path} line {line} must have a path and a label; got path={rel!r}, label={label!r}."
-                )
+                problems.append(f"line {line}: a path and a label are required; got path={rel!r}, label={label!r}")
+                continue
             file = (root / rel).resolve()
             try:
                 sample_id = file.relative_to(root).as_posix()
             except ValueError:
-                raise DatasetError(
-                    f"dataset: manifest {path} line {line}: image paths must stay inside the manifest's folder {root}; "
-                    f"got {rel!r}. Move the manifest up or the images in."
-                ) from None
-            if sample_id in samples:
-                if samples[sample_id].label != label:
-                    raise DatasetError(
-                        f"dataset: manifest {path}: each image must have one label; got {samples[sample_id].label!r} "
-                        f"(line {lines[sample_id]}) and {label!r} (line {line}) for {rel!r}."
-                    )
-                duplicates += 1
+                problems.append(f"line {line}: the path must stay inside the manifest's folder; got {rel!r}")
                 continue
+            if sample_id in samples or sample_id in missing:
+                first_line, first_label = lines[sample_id]
+                if first_label != label:
+                    problems.append(f"line {line}: {rel!r} must have one label; got {label!r} here and {first_label!r} "
+                                    f"on line {first_line}")
+                else:
+                    duplicates += 1
+                continue
+            lines[sample_id] = (line, label)
             if not file.is_file():
-                missing.append(f"line {line}: {rel}")
+                missing.add(sample_id)
+                problems.append(f"line {line}: the file must exist; got no such file {rel!r}")
                 continue
             samples[sample_id] = Sample(sample_id, file, label)
-            lines[sample_id] = line
-    if missing:
+    if problems:
+        shown = "; ".join(problems[:MAX_NAMED]) + (f"; and {len(problems) - MAX_NAMED} more" if len(problems) > MAX_NAMED else "")
         raise DatasetError(
-            f"dataset: manifest {path}: every listed image must exist; got {len(missing)} missing "
-            f"({'; '.join(missing[:5])}{'; ...' if len(missing) > 5 else ''}). Fix the paths or remove those rows."
+            f"dataset: manifest {path}: every row must give an existing image inside {root} and one label; got "
+            f"{len(problems)} problem(s) ({shown}). Fix or remove those rows."
         )
     notes = [f"ignored {duplicates} repeated row(s) of the manifest"] if duplicates else []
     ds = ImageDataset(name=check_name(name or path.stem, what="dataset"), root=root, samples=list(samples.values()), notes=notes)
