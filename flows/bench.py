@@ -25,6 +25,7 @@ from prefect.logging import get_run_logger
 from flows.rank_zoo import artifact_key, parse_methods, rank_zoo
 from lead.benchmark import STATISTICS, evaluate, load_suite, mean_by_method
 from lead.config import Settings
+from lead.errors import error_text
 from storage.bench import bench_dir, plot_scores, write_bench_table
 from storage.tracking import RunRecord, Tracker, run_url
 from tasks.score import score_model
@@ -96,7 +97,7 @@ def bench(
             try:
                 scores[name] = score_stored(s.stored_features(name), method_ids)
             except Exception as err:
-                failures[name] = f"{type(err).__name__}: {err}"
+                failures[name] = error_text(err)
                 logger.error("dataset %s could not be scored: %s", name, err)
             continue
         try:
@@ -105,7 +106,7 @@ def bench(
                 dataset_name=name, device=device, batch_size=batch_size, show_progress=show_progress,
             )
         except Exception as err:  # one dataset's failure is reported; the others are still measured
-            failures[name] = f"{type(err).__name__}: {err}"
+            failures[name] = error_text(err)
             logger.error("dataset %s could not be ranked: %s", name, err)
             continue
         selections[name] = sel["run_id"]
@@ -141,7 +142,7 @@ def bench(
         mlflow_info.update(experiment_id=exp, run_id=parent, url=run_url(settings.tracking_uri, exp, parent))
     except Exception as err:
         logger.error("MLflow logging of the bench run failed: %s", err)
-        mlflow_info["error"] = f"{type(err).__name__}: {err}"
+        mlflow_info["error"] = error_text(err)
     try:
         create_markdown_artifact(markdown=f"# Bench {s.name}: weighted tau\n\n{md}", key=artifact_key("bench", s.name),
                                  description=f"Weighted tau per method and dataset on suite {s.name}")

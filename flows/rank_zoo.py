@@ -31,7 +31,7 @@ from prefect.utilities.annotations import quote
 from lead import __version__
 from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
-from lead.errors import DatasetError, InputError, ScoreError
+from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
 from lead.evaluation import competition_ranks
 from lead.scoring import DEFAULT_METHODS, METHODS, get_method
 from lead.zoo import load_zoo, weights_digest, zoo_digest
@@ -46,7 +46,7 @@ DEFAULT_MAX_WORKERS = int(os.environ.get("LEAD_MAX_WORKERS") or 2)
 
 
 def _error_text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    return error_text(err)
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -209,7 +209,7 @@ def rank_zoo(
         state = fut.state
         if not state.is_completed():
             err = state.result(raise_on_failure=False)
-            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else str(state.message))
+            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else strip_ansi(str(state.message)))
             if isinstance(err, DatasetError):
                 dataset_errors.append(err)
             logger.error("%s: extraction failed: %s", name, models[name]["error"])
@@ -225,7 +225,7 @@ def rank_zoo(
         fut.wait()
         if not fut.state.is_completed():
             err = fut.state.result(raise_on_failure=False)
-            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else str(fut.state.message))
+            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else strip_ansi(str(fut.state.message)))
             continue
         models[name]["scoring"] = "cached" if fut.state.name == "Cached" else "computed"
         for method, res in fut.result().items():

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from lead.data import Sample
-from lead.errors import InputError
+from lead.errors import InputError, error_text
 from lead.zoo import ModelSpec
 
 
@@ -193,7 +193,7 @@ class ImageSamples:
             error = ""
         except Exception as err:  # any decoding failure of this one file
             x = torch.zeros(3, *self.input_size)
-            error = f"{type(err).__name__}: {err}"
+            error = error_text(err)
         return x, self.index[s.label], i, error
 
 
