@@ -364,10 +364,7 @@ def load_model(spec: ModelSpec):
     state = _read_state_dict(path, spec.name)
     num_classes = spec.num_classes
     if num_classes is None:
-        probe = _create(spec, pretrained=False)
-        classifier = probe.pretrained_cfg.get("classifier", "fc")
-        weight = state.get(f"{classifier}.weight")
-        num_classes = int(weight.shape[0]) if weight is not None else 0
+        num_classes = infer_num_classes(_create(spec, pretrained=False).pretrained_cfg.get("classifier", "fc"), state)
     model = _create(spec, pretrained=False, num_classes=num_classes)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -384,6 +381,20 @@ def load_model(spec: ModelSpec):
         )
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def infer_num_classes(classifier: str | tuple[str, ...] | list[str], state: dict) -> int:
+    """The number of classes of a checkpoint: the rows of its classifier's weight, for every classifier
+    name timm reports (a tuple for models with two heads: ``("head", "head_dist")`` for distilled DeiT,
+    ``("head.linear", "head_dist.linear")`` for LeViT; the heads agree). 0 when the checkpoint has no
+    classifier weight (a headless model). When the heads disagree, the first one's count is returned and
+    loading reports the mismatched shapes."""
+    names = [classifier] if isinstance(classifier, str) else list(classifier)
+    for name in names:
+        weight = state.get(f"{name}.weight")
+        if weight is not None and getattr(weight, "ndim", 0) >= 1:
+            return int(weight.shape[0])
+    return 0
 
 
 def load_torchvision(spec: ModelSpec):

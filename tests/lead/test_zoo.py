@@ -159,3 +159,23 @@ def test_stored_error_texts_have_no_terminal_escape_codes():
 
     assert strip_ansi("a \x1b[1mbold\x1b[0m b \x1b]8;;http://x\x07link\x1b]8;;\x07") == "a bold b link"
     assert error_text(RuntimeError("\x1b[31mred\x1b[0m failure")) == "RuntimeError: red failure"
+
+
+@pytest.mark.parametrize("arch, heads", [("deit_tiny_distilled_patch16_224", ("head", "head_dist")),
+                                         ("levit_128s", ("head.linear", "head_dist.linear"))])
+def test_two_classifier_heads_give_num_classes(tmp_path, arch, heads):
+    """timm names both heads of a distilled model; num_classes comes from them (not "4 unexpected keys")."""
+    import timm
+
+    from lead.zoo import infer_num_classes
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=10).eval()
+    assert model.pretrained_cfg["classifier"] == heads
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    assert infer_num_classes(heads, model.state_dict()) == 10
+    loaded = load_model(_small_spec("two-heads", arch, f"file:{path}", size=224))
+    assert loaded.num_classes == 10
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
