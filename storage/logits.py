@@ -19,6 +19,7 @@ images that could not be decoded).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -42,12 +43,35 @@ SCHEMA_VERSION = "1"
 ROW_GROUP_SIZE = 4096
 
 
+#: Longest model folder name (``model=`` excluded), in characters of the percent-encoded id: file systems
+#: limit a path component to 255 bytes (ext4, XFS, APFS, NTFS); 200 leaves room for ``model=``. Our choice.
+MAX_MODEL_DIR_CHARS = 200
+#: Hex digits of sha256(model id) that end a bounded folder name.
+MODEL_HASH_CHARS = 16
+
+
 def encode_model_id(model: str) -> str:
-    """Reversible, path-safe form of a model id (percent-encoding; ``arch.tag`` stays readable)."""
-    return quote(model, safe="")
+    """Path-safe form of a model id, at most ``MAX_MODEL_DIR_CHARS`` characters: its percent-encoding
+    (``arch.tag`` stays readable, and reversible with :func:`decode_model_id`) when that fits; else the
+    encoding of as many whole leading characters as fit, ``~`` and the first 16 hex digits of the
+    id's sha256 (one folder per id; the full id is in the file's ``lead.model`` metadata). A 30-character
+    CJK name encodes to 270 characters, over the 255-byte limit of a file name, and takes the second form."""
+    encoded = quote(model, safe="")
+    if len(encoded) <= MAX_MODEL_DIR_CHARS:
+        return encoded
+    suffix = "~" + hashlib.sha256(model.encode("utf-8")).hexdigest()[:MODEL_HASH_CHARS]
+    prefix = ""
+    for ch in model:
+        piece = quote(ch, safe="")
+        if len(prefix) + len(piece) + len(suffix) > MAX_MODEL_DIR_CHARS:
+            break
+        prefix += piece
+    return prefix + suffix
 
 
 def decode_model_id(encoded: str) -> str:
+    """The model id of a folder name made by :func:`encode_model_id` (for a bounded name, its decoded
+    prefix and hash; the full id is then in the file's ``lead.model`` metadata)."""
     return unquote(encoded)
 
 

@@ -162,3 +162,21 @@ def test_background_write_error_at_close_leaves_no_file(tmp_path):
             w.write(["a"], np.array([0]), np.zeros((1, 2), np.float32), None)
             w.write(["b"], np.array([0]), np.zeros((1, 3), np.float32), None)  # fails in the writer thread
     assert list(path.parent.iterdir()) == []
+
+
+def test_long_model_ids_get_a_bounded_hashed_folder_and_keep_their_name(tmp_path):
+    """30 CJK characters percent-encode to 270 characters, over the 255-byte file name limit."""
+    long_name = "模型" * 15
+    short = logits_path(tmp_path, "fp", "efficientnet_lite0.in1k", "a" * 64)
+    assert short.parent.name == "model=efficientnet_lite0.in1k"  # short ids keep their path (caches stay valid)
+    path = logits_path(tmp_path, "fp", long_name, "b" * 64)
+    assert path.parent.name == "model=" + "%E6%A8%A1%E5%9E%8B" * 10 + "~aab011b60f3a3b41"
+    assert len(path.parent.name.encode()) == 203
+    assert encode_model_id(long_name + "!") != encode_model_id(long_name)
+    rng = np.random.default_rng(0)
+    with LogitsWriter(path, {"lead.cache_key": "b" * 64, "lead.model": long_name, "lead.classes": '["a", "b"]'}) as w:
+        w.write(["s0", "s1"], np.array([0, 1]), rng.standard_normal((2, 4)), None)
+    write_file(short)
+    assert read_logits(path).metadata["lead.model"] == long_name
+    rows = query(tmp_path, "SELECT model, count(*) AS n FROM logits GROUP BY model ORDER BY model")
+    assert rows.to_pylist() == [{"model": "efficientnet_lite0.in1k", "n": 10}, {"model": long_name, "n": 2}]
