@@ -152,6 +152,7 @@ def _console():
 
 
 def _print_selection(sel: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -194,6 +195,8 @@ def _print_selection(sel: dict) -> None:
     console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
     for note in sel.get("dataset_notes", []):
         console.print(f"[yellow]dataset[/yellow]: {note}")
+    for warning in sel.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
     if sel.get("skipped_images"):
         shown = ", ".join(f"{x['sample_id']} ({x['error']})" for x in sel["skipped_images"][:10])
         more = f" and {len(sel['skipped_images']) - 10} more" if len(sel["skipped_images"]) > 10 else ""

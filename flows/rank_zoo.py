@@ -35,7 +35,7 @@ from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_
 from lead.evaluation import competition_ranks
 from lead.scoring import DEFAULT_METHODS, METHODS, get_method
 from lead.zoo import load_zoo, weights_digest, zoo_digest
-from storage.logits import is_complete, logits_path
+from storage.logits import check_cached, logits_path
 from storage.rankings import write_rankings
 from storage.tracking import RunRecord, Tracker, run_url, ui_command
 from tasks.extract import extract_logits, extraction_key
@@ -178,6 +178,7 @@ def rank_zoo(
         for s in specs
     }
     futures = {}
+    warnings: list[str] = []  # printed under the ranking and kept in the selection
     for position, spec in enumerate(specs):
         try:
             digest = weights_digest(spec)
@@ -187,7 +188,11 @@ def rank_zoo(
             continue
         key = extraction_key(fingerprint, spec, digest)
         out = logits_path(settings.store, fingerprint, spec.name, key)
-        task = extract_logits.with_options(refresh_cache=not is_complete(out, key))
+        cached, damaged = check_cached(out, key)  # reads the file whole: a damaged one is set aside
+        if damaged:
+            logger.warning("%s: %s", spec.name, damaged)
+            warnings.append(f"{spec.name}: {damaged}")
+        task = extract_logits.with_options(refresh_cache=not cached)
         futures[spec.name] = task.submit(
             quote(ds),
             spec,
@@ -276,6 +281,7 @@ def rank_zoo(
         "zoo_digest": zoo_digest(specs),
         "skipped_images": [{"sample_id": k, "error": v} for k, v in sorted(skipped.items())],
         "dataset_notes": ds.notes,
+        "warnings": warnings,
         "seconds": None,
         "mlflow": mlflow_info,
     }

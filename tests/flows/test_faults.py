@@ -209,3 +209,27 @@ def test_ctrl_c_stops_promptly_and_cleanly(tmp_path):
     assert time.time() - started < 20
     assert "interrupted: finished logits files are kept; run the same command again to resume." in out
     assert not list((store / "logits").rglob("*.tmp"))
+
+
+def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path, tiny_dataset, capsys):
+    """64 bytes overwritten inside a column chunk of a cached file (footer intact): the rerun detects it by
+    the page checksums, names the file, sets it aside and extracts again; the scores are the intact ones."""
+    from flows.cli import _print_selection
+    from flows.rank_zoo import rank_zoo
+    from tests.storage.test_storage import damage
+
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
+    store = tmp_path / "s"
+    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"])
+    path = Path(first["models"][0]["extraction"]["path"])
+    damage(path, 3, "middle")  # the logits column: LEEP would change silently without the checksums
+    again = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"])
+    assert again["models"][0]["extraction"]["status"] == "extracted"
+    assert again["models"][0]["scores"] == first["models"][0]["scores"]
+    assert path.exists() and path.with_name(path.name + ".corrupt").exists()
+    [warning] = again["warnings"]
+    assert warning.startswith(f"efficientnet_lite0.in1k: logits file {path} must read back as written; got OSError: ")
+    assert warning.endswith(f"Set aside as {path.name}.corrupt; extracting again.")
+    capsys.readouterr()
+    _print_selection(again)
+    assert f"warning: {warning}" in capsys.readouterr().out.replace("\n", "")
