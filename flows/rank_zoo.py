@@ -93,6 +93,21 @@ def fallback_primary(method_ids: list[str], n: int, logger=None) -> str:
     return first
 
 
+def plan_methods(method_ids: list[str], n: int, *, default: bool, logger=None) -> tuple[list[str], str]:
+    """The methods to compute and the ranking method for ``n`` images actually read (the one place of
+    this policy): the default list leaves out the methods that cannot score ``n`` images (unless none
+    can); requested methods are all kept (those that cannot score are reported as failed); the ranking
+    method is then :func:`fallback_primary`. Returns (methods, primary)."""
+    if default:
+        fit = [m for m in method_ids if n >= get_method(m).min_samples]
+        if fit and fit != method_ids:
+            if logger is not None:
+                logger.warning("the dataset has %d images read: %s left out of the default methods (it needs more)",
+                               n, ", ".join(m for m in method_ids if m not in fit))
+            method_ids = fit
+    return method_ids, fallback_primary(method_ids, n, logger)
+
+
 @flow(name="rank-zoo", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS), validate_parameters=False)
 def rank_zoo(
     dataset: str,
@@ -133,18 +148,13 @@ def rank_zoo(
         store=store, tracking_uri=tracking_uri, batch_size=batch_size, num_workers=num_workers,
         **({"device": device} if device else {}),
     )
-    method_ids = parse_methods(methods)
-    primary = method_ids[0]
+    requested = parse_methods(methods)
+    default = requested == list(DEFAULT_METHODS)  # the default leaves out what the dataset is too small for
     ds = check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name))
     for note in ds.notes:
         logger.warning("dataset %s: %s", ds.name, note)
-    if method_ids == list(DEFAULT_METHODS):  # the default leaves out what the dataset is too small for
-        fit = [m for m in method_ids if len(ds) >= get_method(m).min_samples]
-        if fit and fit != method_ids:
-            logger.warning("the dataset has %d images: %s left out of the default methods (it needs more)",
-                           len(ds), ", ".join(m for m in method_ids if m not in fit))
-            method_ids = fit
-    primary = fallback_primary(method_ids, len(ds), logger)
+    # decided on the images listed here, and again on the images read once the extractions are done
+    method_ids, primary = plan_methods(requested, len(ds), default=default)
     fingerprint = ds.fingerprint()
     specs = load_zoo(zoo)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -207,6 +217,7 @@ def rank_zoo(
         )
 
     score_futures = {}
+    n_read: dict[str, int] = {}  # rows written per model: the images that could be read
     skipped: dict[str, str] = {}
     dataset_errors: list[DatasetError] = []
     for name, fut in futures.items():
@@ -221,10 +232,15 @@ def rank_zoo(
             continue
         result = fut.result()
         skipped.update((sid, err) for sid, err in result.get("skipped", []))
+        n_read[name] = int(result["n"])
         cached = state.name == "Cached" or not result.get("extracted", True)
         models[name]["extraction"] = {"status": "cached" if cached else "extracted", "path": result["path"],
                                       "seconds": 0.0 if cached else result["seconds"]}
-        score_futures[name] = score_model.submit(name, result["path"], method_ids)
+        score_futures[name] = score_model.submit(name, result["path"], plan_methods(requested, n_read[name], default=default)[0])
+
+    # the images actually read (unreadable ones skipped), not those listed, decide the methods and the ranking method
+    n_images = min(n_read.values()) if n_read else len(ds)
+    method_ids, primary = plan_methods(requested, n_images, default=default, logger=logger)
 
     for name, fut in score_futures.items():
         fut.wait()
@@ -260,7 +276,7 @@ def rank_zoo(
             rows.append({
                 "run_id": run_id, "created_at": created_at, "dataset": ds.name, "dataset_fingerprint": fingerprint,
                 "model": m["model"], "method": method, "score": m["scores"].get(method), "rank": m["ranks"].get(method),
-                "n_samples": len(ds), "n_classes": len(ds.classes), "mlflow_run_id": parent_id or "",
+                "n_samples": n_images, "n_classes": len(ds.classes), "mlflow_run_id": parent_id or "",
                 "flow_run_id": str(flow_run.id or ""), "params_json": params_json,
                 "status": "ok" if method in m["scores"] else "failed", "error": error,
             })
@@ -271,7 +287,8 @@ def rank_zoo(
         "dataset": ds.name,
         "dataset_path": str(ds.root),
         "dataset_fingerprint": fingerprint,
-        "n_samples": len(ds),
+        "n_samples": n_images,
+        "n_listed": len(ds),
         "n_classes": len(ds.classes),
         "methods": method_ids,
         "primary_method": primary,
@@ -308,7 +325,7 @@ def rank_zoo(
                       "failed_models": ",".join(failed), "lead_version": __version__,
                       "skipped_images": str(len(skipped)),
                       **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {})},
-                params={"methods": ",".join(method_ids), "n_samples": str(len(ds)), "n_classes": str(len(ds.classes)),
+                params={"methods": ",".join(method_ids), "n_samples": str(n_images), "n_classes": str(len(ds.classes)),
                         **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v)
                            for meth, p in params.items() for k, v in p.items()}},
                 metrics={f"best_{primary}": ok[0]["scores"][primary]} if ok else {},
@@ -329,7 +346,7 @@ def rank_zoo(
         create_table_artifact(
             table=table,
             key=artifact_key("ranking", ds.name),
-            description=f"Ranking of {len(specs)} models on {ds.name} ({len(ds)} images, {len(ds.classes)} classes) "
+            description=f"Ranking of {len(specs)} models on {ds.name} ({n_images} images, {len(ds.classes)} classes) "
                         f"by {primary}; best: {best or 'none'}.",
         )
     except Exception as err:  # the artifact is a convenience; the ranking is already stored
