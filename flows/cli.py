@@ -192,7 +192,9 @@ def _print_selection(sel: dict) -> None:
         ranks = [m["ranks"][method] for m in sel["models"] if method in m["ranks"]]
         if len(ranks) > 1 and len(set(ranks)) == 1:
             console.print(f"[yellow]{method} gives every model the same score[/yellow]: it does not tell them apart here.")
-    console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
+    tied = sel.get("best_models", [])
+    best = f"tie between {', '.join(tied[:-1])} and {tied[-1]}" if len(tied) > 1 else sel["best_model"] or "none"
+    console.print(f"best model: [bold]{escape(best)}[/bold]   ({sel['seconds']:.1f} s)")
     for note in sel.get("dataset_notes", []):
         console.print(f"[yellow]dataset[/yellow]: {note}")
     for warning in sel.get("warnings", []):

@@ -93,6 +93,14 @@ def fallback_primary(method_ids: list[str], n: int, logger=None) -> str:
     return first
 
 
+def best_model_text(best_models: list[str]) -> str:
+    """The ``best_model`` of a selection: the one model ranked first, ``tie: a, b`` when several share rank 1
+    by exactly equal scores (none is named best; they keep their competition ranks), or ``""`` for none."""
+    if len(best_models) > 1:
+        return "tie: " + ", ".join(best_models)
+    return best_models[0] if best_models else ""
+
+
 def plan_methods(method_ids: list[str], n: int, *, default: bool, logger=None) -> tuple[list[str], str]:
     """The methods to compute and the ranking method for ``n`` images actually read (the one place of
     this policy): the default list leaves out the methods that cannot score ``n`` images (unless none
@@ -134,8 +142,10 @@ def rank_zoo(
         show_progress: draw a progress bar per model on stderr.
     Returns:
         The selection as a JSON-able dict: ``run_id``, ``dataset``, ``dataset_fingerprint``,
-        ``n_samples``, ``n_classes``, ``methods``, ``models`` (one dict per model, best first, with
-        ``status``, ``error``, ``extraction``, ``scores``, ``ranks``), ``best_model``,
+        ``n_samples`` (images read), ``n_listed`` (images listed), ``n_classes``, ``methods``, ``models``
+        (one dict per model, best first, with ``status``, ``error``, ``extraction``, ``scores``,
+        ``ranks``), ``best_model`` (the model ranked first; ``tie: a, b`` when several share rank 1),
+        ``best_models`` (every model ranked first), ``warnings`` (damaged cache files set aside),
         ``rankings_path``, ``mlflow`` (``tracking_uri``, ``experiment_id``, ``run_id``, ``url``,
         ``ui_command``, ``error``).
     Raises:
@@ -264,7 +274,8 @@ def rank_zoo(
             models[name]["ranks"][method] = r
     ordered = sorted(models.values(), key=lambda m: (m["ranks"].get(primary, 10**9), m["model"]))
     ok = [m for m in ordered if m["status"] == "ok"]
-    best = ok[0]["model"] if ok else ""
+    best_models = [m["model"] for m in ok if m["ranks"].get(primary) == 1]
+    best = best_model_text(best_models)
 
     created_at = datetime.now(UTC)
     params = {m: get_method(m).params for m in method_ids}
@@ -293,6 +304,7 @@ def rank_zoo(
         "methods": method_ids,
         "primary_method": primary,
         "best_model": best,
+        "best_models": best_models,
         "models": ordered,
         "rankings_path": str(rankings_file),
         "zoo_digest": zoo_digest(specs),
@@ -320,7 +332,7 @@ def rank_zoo(
             failed = [m["model"] for m in ordered if m["status"] != "ok"]
             parent = RunRecord(
                 name=ds.name,
-                tags={"best_model": best, "zoo_digest": selection["zoo_digest"], "primary_method": primary,
+                tags={"best_model": best, "best_models": ",".join(best_models), "zoo_digest": selection["zoo_digest"], "primary_method": primary,
                       "flow_run_id": str(flow_run.id or ""), "lead_run_id": run_id, "n_models": str(len(ordered)),
                       "failed_models": ",".join(failed), "lead_version": __version__,
                       "skipped_images": str(len(skipped)),

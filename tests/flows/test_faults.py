@@ -233,3 +233,31 @@ def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path,
     capsys.readouterr()
     _print_selection(again)
     assert f"warning: {warning}" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_exact_ties_name_no_best_model_and_long_names_are_stored(tmp_path, tiny_dataset):
+    """Two entries with the same weights score exactly alike: the output and MLflow say it is a tie instead
+    of naming the alphabetically first. One of them is named with 30 CJK characters (270 characters
+    percent-encoded, over the 255-byte file name limit): it is stored under a bounded folder name."""
+    from mlflow import MlflowClient
+
+    from flows.cli import app
+
+    long_name = "模型" * 15
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), {**lite_entry(0), "name": long_name}])
+    store = tmp_path / "s"
+    result = CliRunner().invoke(app, ["rank", "-d", str(tiny_dataset), "-z", str(zoo), "--store", str(store),
+                                      "--method", "lead,logme"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert f"best model: tie between efficientnet_lite0.in1k and {long_name}" in result.output
+    rows = query(store, "SELECT model, method, rank FROM rankings ORDER BY method, model").to_pylist()
+    assert [r["rank"] for r in rows] == [1, 1, 1, 1]  # competition ranks kept
+    run_id = query(store, "SELECT DISTINCT mlflow_run_id FROM rankings").to_pylist()[0]["mlflow_run_id"]
+    tags = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db").get_run(run_id).data.tags
+    assert tags["best_model"] == f"tie: efficientnet_lite0.in1k, {long_name}"
+    assert tags["best_models"] == f"efficientnet_lite0.in1k,{long_name}"
+    folders = sorted(p.name for p in (store / "logits").glob("dataset=*/model=*"))
+    assert folders == ["model=" + "%E6%A8%A1%E5%9E%8B" * 10 + "~aab011b60f3a3b41",
+                       "model=efficientnet_lite0.in1k"]
+    assert query(store, "SELECT DISTINCT model FROM logits ORDER BY model").to_pylist() == [
+        {"model": "efficientnet_lite0.in1k"}, {"model": long_name}]
