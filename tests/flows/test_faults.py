@@ -39,6 +39,7 @@ def faulty_zoo(tmp_path_factory):
     save_checkpoint(timm.create_model("test_vit3", pretrained=False, num_classes=3), root / "vit.safetensors")
     save_checkpoint(timm.create_model("test_efficientnet", pretrained=False, num_classes=3), root / "effnet.safetensors")
     (root / "corrupt.pth").write_bytes(b"\x80\x04 not a pickle")
+    torch.save(timm.create_model("test_efficientnet", pretrained=False, num_classes=3), root / "module.pth")
     return write_zoo(root / "zoo.yaml", [
         lite_entry(0),
         tiny_entry("nan-features", "test_efficientnet", "nan.safetensors"),
@@ -46,6 +47,7 @@ def faulty_zoo(tmp_path_factory):
         tiny_entry("wrong-arch", "resnet18", "effnet.safetensors"),
         tiny_entry("corrupt", "resnet18", "corrupt.pth"),
         tiny_entry("unknown-arch", "no_such_net", "effnet.safetensors"),
+        tiny_entry("pickled-module", "test_efficientnet", "module.pth"),
     ])
 
 
@@ -61,12 +63,24 @@ def test_each_failing_model_has_its_reason_and_the_others_are_ranked(tmp_path, t
         "wrong-arch": "must fit resnet18",
         "corrupt": "must be a readable state dict",
         "unknown-arch": "arch must be a timm architecture; got 'no_such_net'",
+        "pickled-module": "got an object the safe loader refuses (Unsupported global: GLOBAL "
+                          "timm.models.efficientnet.EfficientNet was not an allowed global by default.). Re-save the "
+                          "weights with torch.save(model.state_dict(), path) or safetensors.",
     }
     for name, text in expected.items():
         assert models[name]["status"] == "failed" and text in models[name]["error"], (name, models[name]["error"])
         assert models[name]["ranks"] == {}
-    rows = query(tmp_path / "s", "SELECT model, status FROM rankings WHERE method = 'lead' AND status = 'failed'").to_pylist()
+    rows = query(tmp_path / "s", "SELECT model, status, error, mlflow_run_id FROM rankings WHERE method = 'lead' AND "
+                 "status = 'failed'").to_pylist()
     assert {r["model"] for r in rows} == set(expected)
+    assert not [r["model"] for r in rows if "\x1b" in r["error"]]  # no terminal escape codes stored
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 's'}/mlflow.db")
+    children = client.search_runs([client.get_run(rows[0]["mlflow_run_id"]).info.experiment_id],
+                                  filter_string="tags.status = 'failed'")
+    assert sorted(r.data.tags["model"] for r in children) == sorted(expected)
+    assert not [r.data.tags["model"] for r in children if "\x1b" in r.data.tags["error"]]
 
 
 def test_timm_weights_offline_fail_fast_with_the_reason(tmp_path, tiny_dataset, monkeypatch):
