@@ -463,12 +463,17 @@ def wrap_torchvision_classifier(model):
 
 
 def save_checkpoint(model, path: str | Path) -> Path:
-    """Save a model's state dict as safetensors, atomically (temp file then rename). Returns the path."""
+    """Save a model's state dict as safetensors, atomically (temp file, fsync, rename). Returns the path."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # on disk before the rename, so a crash cannot leave a complete-looking damaged file
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return path

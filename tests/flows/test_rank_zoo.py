@@ -68,7 +68,9 @@ def test_failed_model_is_recorded_and_the_others_ranked(runs):
     assert [m["model"] for m in first["models"]][-1] == "broken"
     # the headless copy has the same backbone and features: the two tie and share rank 1
     assert sorted(m["ranks"]["lead"] for m in first["models"] if m["status"] == "ok") == [1, 1]
-    assert first["best_model"] == first["models"][0]["model"]
+    # an exact tie for first: no model is named best (docs/errors.md, "Settings and ties")
+    assert first["best_model"] == "tie: efficientnet_lite0.in1k, lite0-headless"
+    assert first["best_models"] == ["efficientnet_lite0.in1k", "lite0-headless"]
     assert first["n_samples"] == 24 and first["n_classes"] == 4
 
 
