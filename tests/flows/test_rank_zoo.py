@@ -186,7 +186,8 @@ def test_table_artifact_published(runs):
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ranking-animals"])))
     assert arts and arts[0].type == "table"
     table = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
-    assert first["best_model"] in json.dumps(table)
+    assert [row["model"] for row in table if row["rank"] == 1] == first["best_models"]
+    assert f"best: {first['best_model']}." in arts[0].description
 
 
 def test_every_model_failing_fails_the_flow_after_recording(tmp_path, tiny_dataset):
