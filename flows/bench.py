@@ -25,6 +25,7 @@ from prefect.logging import get_run_logger
 from flows.rank_zoo import artifact_key, parse_methods, rank_zoo
 from lead.benchmark import STATISTICS, evaluate, load_suite, mean_by_method
 from lead.config import Settings
+from lead.errors import error_text
 from lead.scoring.priors import PRIORS, prior_scores
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.zoo import load_zoo
@@ -129,7 +130,7 @@ def bench(
                 ranking = rank_scores(plan, {m: {k: v.get(k, math.nan) for k in files} for m, v in raw.items()})
                 scores[name] = {m: {k: v for k, v in ranking.scores[m].items() if math.isfinite(v)} for m in method_ids}
             except Exception as err:
-                failures[name] = f"{type(err).__name__}: {err}"
+                failures[name] = error_text(err)
                 logger.error("dataset %s could not be scored: %s", name, err)
             continue
         try:
@@ -138,7 +139,7 @@ def bench(
                 dataset_name=name, device=device, batch_size=batch_size, show_progress=show_progress,
             )
         except Exception as err:  # one dataset's failure is reported; the others are still measured
-            failures[name] = f"{type(err).__name__}: {err}"
+            failures[name] = error_text(err)
             logger.error("dataset %s could not be ranked: %s", name, err)
             continue
         selections[name] = sel["run_id"]
@@ -178,7 +179,7 @@ def bench(
         mlflow_info.update(experiment_id=exp, run_id=parent, url=run_url(settings.tracking_uri, exp, parent))
     except Exception as err:
         logger.error("MLflow logging of the bench run failed: %s", err)
-        mlflow_info["error"] = f"{type(err).__name__}: {err}"
+        mlflow_info["error"] = error_text(err)
     try:
         create_markdown_artifact(markdown=f"# Bench {s.name}: weighted tau\n\n{md}", key=artifact_key("bench", s.name),
                                  description=f"Weighted tau per method and dataset on suite {s.name}")

@@ -153,6 +153,7 @@ def _console():
 
 
 def _print_selection(sel: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -192,13 +193,17 @@ def _print_selection(sel: dict) -> None:
         ranks = [m["ranks"][method] for m in sel["models"] if method in m["ranks"]]
         if len(ranks) > 1 and len(set(ranks)) == 1:
             console.print(f"[yellow]{method} gives every model the same score[/yellow]: it does not tell them apart here.")
-    console.print(f"best model: [bold]{sel['best_model'] or 'none'}[/bold]   ({sel['seconds']:.1f} s)")
+    tied = sel.get("best_models", [])
+    best = f"tie between {', '.join(tied[:-1])} and {tied[-1]}" if len(tied) > 1 else sel["best_model"] or "none"
+    console.print(f"best model: [bold]{escape(best)}[/bold]   ({sel['seconds']:.1f} s)")
     for method, why in sel.get("dropped_methods", {}).items():
         console.print(f"[yellow]{method} left out of the default methods[/yellow]: it {why}")
     if sel.get("fallback"):
         console.print(f"[yellow]{sel['fallback']}[/yellow]")
     for note in sel.get("dataset_notes", []):
         console.print(f"[yellow]dataset[/yellow]: {note}")
+    for warning in sel.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
     if sel.get("skipped_images"):
         shown = ", ".join(f"{x['sample_id']} ({x['error']})" for x in sel["skipped_images"][:10])
         more = f" and {len(sel['skipped_images']) - 10} more" if len(sel["skipped_images"]) > 10 else ""

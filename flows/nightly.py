@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 
 from flows.rank_zoo import rank_zoo, task_runner
 from lead.config import Settings
+from lead.errors import error_text
 from storage.registry import list_datasets
 
 
@@ -60,7 +61,7 @@ def nightly_rerank(
         )
         if not state.is_completed():
             err = state.result(raise_on_failure=False)
-            summary[entry.name] = {"status": "failed", "error": f"{type(err).__name__}: {err}" if isinstance(err, BaseException)
+            summary[entry.name] = {"status": "failed", "error": error_text(err) if isinstance(err, BaseException)
                                    else str(state.message)}
             logger.error("%s: re-ranking failed: %s", entry.name, summary[entry.name]["error"])
             continue

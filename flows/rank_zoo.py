@@ -31,12 +31,12 @@ from prefect.utilities.annotations import quote
 from lead import __version__
 from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
-from lead.errors import DatasetError, InputError, ScoreError
+from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
 from lead.scoring import get_method
 from lead.scoring.ranking import parse_methods as parse_method_list
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.zoo import load_zoo, weights_digest, zoo_digest
-from storage.logits import is_complete, logits_path
+from storage.logits import check_cached, logits_path
 from storage.rankings import write_rankings
 from storage.tracking import RunRecord, Tracker, run_url, ui_command
 from tasks.extract import extract_logits, extraction_key
@@ -53,7 +53,7 @@ def task_runner(settings: Settings) -> ThreadPoolTaskRunner:
 
 
 def _error_text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    return error_text(err)
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -70,6 +70,14 @@ def parse_methods(methods: Sequence[str] | str | None) -> list[str]:
         InputError: empty, or an unknown method.
     """
     return parse_method_list(methods)[0]
+
+
+def best_model_text(best_models: list[str]) -> str:
+    """The ``best_model`` of a selection: the one model ranked first, ``tie: a, b`` when several share rank 1
+    by exactly equal scores (none is named best; they keep their competition ranks), or ``""`` for none."""
+    if len(best_models) > 1:
+        return "tie: " + ", ".join(best_models)
+    return best_models[0] if best_models else ""
 
 
 @flow(name="rank-zoo", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS), validate_parameters=False)
@@ -99,8 +107,10 @@ def rank_zoo(
         show_progress: draw a progress bar per model on stderr.
     Returns:
         The selection as a JSON-able dict: ``run_id``, ``dataset``, ``dataset_fingerprint``,
-        ``n_samples``, ``n_classes``, ``methods``, ``models`` (one dict per model, best first, with
-        ``status``, ``error``, ``extraction``, ``scores``, ``ranks``), ``best_model``,
+        ``n_samples`` (images read), ``n_listed`` (images listed), ``n_classes``, ``methods``, ``models``
+        (one dict per model, best first, with ``status``, ``error``, ``extraction``, ``scores``,
+        ``ranks``), ``best_model`` (the model ranked first; ``tie: a, b`` when several share rank 1),
+        ``best_models`` (every model ranked first), ``warnings`` (damaged cache files set aside),
         ``rankings_path``, ``mlflow`` (``tracking_uri``, ``experiment_id``, ``run_id``, ``url``,
         ``ui_command``, ``error``).
     Raises:
@@ -150,6 +160,7 @@ def rank_zoo(
         for s in specs
     }
     futures = {}
+    warnings: list[str] = []  # printed under the ranking and kept in the selection
     for position, spec in enumerate(specs):
         try:
             digest = weights_digest(spec)
@@ -159,7 +170,11 @@ def rank_zoo(
             continue
         key = extraction_key(fingerprint, spec, digest)
         out = logits_path(settings.store, fingerprint, spec.name, key)
-        task = extract_logits.with_options(refresh_cache=not is_complete(out, key))
+        cached, damaged = check_cached(out, key)  # reads the file whole: a damaged one is set aside
+        if damaged:
+            logger.warning("%s: %s", spec.name, damaged)
+            warnings.append(f"{spec.name}: {damaged}")
+        task = extract_logits.with_options(refresh_cache=not cached)
         futures[spec.name] = task.submit(
             quote(ds),
             spec,
@@ -174,6 +189,7 @@ def rank_zoo(
         )
 
     score_futures = {}
+    rows_read: dict[str, int] = {}  # rows written per model: the images that could be read
     skipped: dict[str, str] = {}
     dataset_errors: list[DatasetError] = []
     for name, fut in futures.items():
@@ -181,20 +197,21 @@ def rank_zoo(
         state = fut.state
         if not state.is_completed():
             err = state.result(raise_on_failure=False)
-            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else str(state.message))
+            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else strip_ansi(str(state.message)))
             if isinstance(err, DatasetError):
                 dataset_errors.append(err)
             logger.error("%s: extraction failed: %s", name, models[name]["error"])
             continue
         result = fut.result()
         skipped.update((sid, err) for sid, err in result.get("skipped", []))
+        rows_read[name] = int(result["n"])
         cached = state.name == "Cached" or not result.get("extracted", True)
         models[name]["extraction"] = {"status": "cached" if cached else "extracted", "path": result["path"],
                                       "seconds": 0.0 if cached else result["seconds"]}
         score_futures[name] = (score_model, result["path"])
 
     # The methods are decided on the images actually read (unreadable ones were skipped).
-    n_read = len(ds) - len(skipped)
+    n_read = min(rows_read.values()) if rows_read else len(ds) - len(skipped)
     plan = plan_methods(methods, n_read)
     for method, why in plan.dropped.items():
         logger.warning("%s left out of the default methods: it %s", method, why)
@@ -209,7 +226,7 @@ def rank_zoo(
         fut.wait()
         if not fut.state.is_completed():
             err = fut.state.result(raise_on_failure=False)
-            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else str(fut.state.message))
+            models[name].update(status="failed", error=_error_text(err) if isinstance(err, BaseException) else strip_ansi(str(fut.state.message)))
             continue
         models[name]["scoring"] = "cached" if fut.state.name == "Cached" else "computed"
         for method, res in fut.result().items():
@@ -235,7 +252,8 @@ def rank_zoo(
             models[name].update(status="failed", error=models[name].get("method_errors", {}).get(primary, "not scored"))
     ordered = sorted(models.values(), key=lambda m: (m["ranks"].get(primary, 10**9), m["model"]))
     ok = [m for m in ordered if m["status"] == "ok"]
-    best = ok[0]["model"] if ok else ""
+    best_models = [m["model"] for m in ok if m["ranks"].get(primary) == 1]
+    best = best_model_text(best_models)
 
     created_at = datetime.now(UTC)
     params = {m: get_method(m).params for m in method_ids}
@@ -259,6 +277,7 @@ def rank_zoo(
         "dataset_path": str(ds.root),
         "dataset_fingerprint": fingerprint,
         "n_samples": n_read,
+        "n_listed": len(ds),
         "n_classes": len(ds.classes),
         "methods": method_ids,
         "primary_method": primary,
@@ -266,11 +285,13 @@ def rank_zoo(
         "fallback": plan.fallback,
         "n_read": n_read,
         "best_model": best,
+        "best_models": best_models,
         "models": ordered,
         "rankings_path": str(rankings_file),
         "zoo_digest": zoo_digest(specs),
         "skipped_images": [{"sample_id": k, "error": v} for k, v in sorted(skipped.items())],
         "dataset_notes": ds.notes,
+        "warnings": warnings,
         "seconds": None,
         "mlflow": mlflow_info,
     }
@@ -292,7 +313,7 @@ def rank_zoo(
             failed = [m["model"] for m in ordered if m["status"] != "ok"]
             parent = RunRecord(
                 name=ds.name,
-                tags={"best_model": best, "zoo_digest": selection["zoo_digest"], "primary_method": primary,
+                tags={"best_model": best, "best_models": ",".join(best_models), "zoo_digest": selection["zoo_digest"], "primary_method": primary,
                       "flow_run_id": str(flow_run.id or ""), "lead_run_id": run_id, "n_models": str(len(ordered)),
                       "failed_models": ",".join(failed), "lead_version": __version__,
                       "skipped_images": str(len(skipped)),

@@ -16,16 +16,43 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from lead.errors import DatasetError, InputError
 
-#: File suffixes read as images (lower case), as in torchvision's ImageFolder.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 #: Bytes read at a time when hashing files.
 HASH_CHUNK = 1 << 20
+#: Files named in a note about ignored files (the count is always complete). Our choice.
+MAX_NAMED = 10
+
+
+@lru_cache(maxsize=1)
+def image_suffixes() -> tuple[str, ...]:
+    """File suffixes read as images (lower case, sorted): every extension Pillow registers for a format it
+    can open (``PIL.Image.registered_extensions()``, e.g. ``.jfif``, ``.jpe``, ``.qoi``), except formats
+    Pillow cannot decode by itself: stub formats that need an external handler (BUFR, GRIB, HDF5,
+    WMF/EMF), MPEG (identified, never decoded) and EPS/PS without Ghostscript."""
+    from PIL import EpsImagePlugin, Image, ImageFile
+
+    Image.init()
+    external = {"MPEG"} | (set() if EpsImagePlugin.has_ghostscript() else {"EPS"})
+
+    def decodable(fmt: str) -> bool:
+        if fmt not in Image.OPEN or fmt in external:
+            return False
+        factory = Image.OPEN[fmt][0]  # a class, or a function (JPEG's) that returns one
+        return not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return tuple(sorted(ext.lower() for ext, fmt in Image.registered_extensions().items() if decodable(fmt)))
+
+
+def _some(names: Sequence[str]) -> str:
+    """``a, b, c`` for at most ``MAX_NAMED`` names, then ``and N more``."""
+    more = f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
+    return ", ".join(names[:MAX_NAMED]) + more
 
 
 @dataclass(frozen=True)
@@ -125,15 +152,16 @@ def _check_nonempty(ds: ImageDataset, source: Path) -> ImageDataset:
         if source.is_file():
             raise DatasetError(f"dataset {ds.name!r}: manifest {source} must list images; got a header and no rows.")
         raise DatasetError(f"dataset {ds.name!r}: {source} must contain images in one sub-folder per class; got none. "
-                           f"Image suffixes read: {', '.join(IMAGE_SUFFIXES)}.")
+                           f"Image suffixes read (those Pillow opens): {_some(image_suffixes())}.")
     return ds
 
 
 def image_folder(root: str | Path, *, name: str | None = None) -> ImageDataset:
     """Read an ImageFolder directory: one sub-folder per class, images inside (nested folders allowed).
 
-    Class names are the sub-folder names. Hidden files and files whose suffix is not an image suffix
-    are ignored.
+    Class names are the sub-folder names. A file is an image when Pillow can open its suffix
+    (:func:`image_suffixes`); other files (and files beside the class folders) are ignored, counted and
+    named in ``notes``; hidden files and folders (``.name``) are ignored silently.
 
     Raises:
         DatasetError: ``root`` is not a directory or holds no images.
@@ -141,20 +169,27 @@ def image_folder(root: str | Path, *, name: str | None = None) -> ImageDataset:
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset: {root} must be a directory with one sub-folder per class; got no such directory.")
+    suffixes = image_suffixes()
     samples = []
     empty = []
+    others = sorted(p.name for p in root.iterdir() if not p.is_dir() and not p.name.startswith("."))
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         before = len(samples)
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
-                if fn.startswith(".") or not fn.lower().endswith(IMAGE_SUFFIXES):
+                if fn.startswith("."):
                     continue
                 path = Path(dirpath) / fn
+                if not fn.lower().endswith(suffixes):
+                    others.append(path.relative_to(root).as_posix())
+                    continue
                 samples.append(Sample(path.relative_to(root).as_posix(), path, class_dir.name))
         if len(samples) == before:
             empty.append(class_dir.name)
     notes = [f"ignored {len(empty)} class folder(s) without images: {', '.join(empty)}"] if empty else []
+    if others:
+        notes.append(f"ignored {len(others)} file(s) that are not images: {_some(others)}")
     ds = ImageDataset(name=check_name(name or root.name, what="dataset"), root=root, samples=samples, notes=notes)
     return _check_nonempty(ds, root)
 
@@ -165,17 +200,18 @@ def csv_manifest(path: str | Path, *, name: str | None = None) -> ImageDataset:
     Rows repeated exactly are read once (noted in ``notes``).
 
     Raises:
-        DatasetError: no such file; missing columns; a blank path or label (naming the line); a path
-            that leads outside the manifest's folder; listed files that do not exist (the count and the
-            first lines); one file listed with two different labels.
+        DatasetError: no such file; not UTF-8; missing columns; or, all in one error (the count and the
+            first ``MAX_NAMED`` lines): rows with a blank path or label, paths that lead outside the
+            manifest's folder, listed files that do not exist, one file listed with two labels.
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DatasetError(f"dataset: manifest {path} must exist; got no such file.")
     root = path.parent
     samples: dict[str, Sample] = {}
-    lines: dict[str, int] = {}
-    missing: list[str] = []
+    lines: dict[str, tuple[int, str]] = {}  # sample id -> (first line, its label)
+    missing: set[str] = set()
+    problems: list[str] = []
     duplicates = 0
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (as Excel writes) is not part of the header
@@ -193,34 +229,33 @@ def csv_manifest(path: str | Path, *, name: str | None = None) -> ImageDataset:
         for line, row in enumerate(reader, start=2):
             rel, label = (row["path"] or "").strip(), (row["label"] or "").strip()
             if not rel or not label:
-                raise DatasetError(
-                    f"dataset: manifest {path} line {line} must have a path and a label; got path={rel!r}, label={label!r}."
-                )
+                problems.append(f"line {line}: a path and a label are required; got path={rel!r}, label={label!r}")
+                continue
             file = (root / rel).resolve()
             try:
                 sample_id = file.relative_to(root).as_posix()
             except ValueError:
-                raise DatasetError(
-                    f"dataset: manifest {path} line {line}: image paths must stay inside the manifest's folder {root}; "
-                    f"got {rel!r}. Move the manifest up or the images in."
-                ) from None
-            if sample_id in samples:
-                if samples[sample_id].label != label:
-                    raise DatasetError(
-                        f"dataset: manifest {path}: each image must have one label; got {samples[sample_id].label!r} "
-                        f"(line {lines[sample_id]}) and {label!r} (line {line}) for {rel!r}."
-                    )
-                duplicates += 1
+                problems.append(f"line {line}: the path must stay inside the manifest's folder; got {rel!r}")
                 continue
+            if sample_id in samples or sample_id in missing:
+                first_line, first_label = lines[sample_id]
+                if first_label != label:
+                    problems.append(f"line {line}: {rel!r} must have one label; got {label!r} here and {first_label!r} "
+                                    f"on line {first_line}")
+                else:
+                    duplicates += 1
+                continue
+            lines[sample_id] = (line, label)
             if not file.is_file():
-                missing.append(f"line {line}: {rel}")
+                missing.add(sample_id)
+                problems.append(f"line {line}: the file must exist; got no such file {rel!r}")
                 continue
             samples[sample_id] = Sample(sample_id, file, label)
-            lines[sample_id] = line
-    if missing:
+    if problems:
+        shown = "; ".join(problems[:MAX_NAMED]) + (f"; and {len(problems) - MAX_NAMED} more" if len(problems) > MAX_NAMED else "")
         raise DatasetError(
-            f"dataset: manifest {path}: every listed image must exist; got {len(missing)} missing "
-            f"({'; '.join(missing[:5])}{'; ...' if len(missing) > 5 else ''}). Fix the paths or remove those rows."
+            f"dataset: manifest {path}: every row must give an existing image inside {root} and one label; got "
+            f"{len(problems)} problem(s) ({shown}). Fix or remove those rows."
         )
     notes = [f"ignored {duplicates} repeated row(s) of the manifest"] if duplicates else []
     ds = ImageDataset(name=check_name(name or path.stem, what="dataset"), root=root, samples=list(samples.values()), notes=notes)

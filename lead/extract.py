@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from lead.data import Sample
-from lead.errors import InputError
+from lead.errors import InputError, error_text
 from lead.zoo import ModelSpec
 
 
@@ -139,20 +139,24 @@ def load_rgb(path, size: tuple[int, int] | None = None):
     Modes: grayscale, palette (transparency dropped through RGBA), RGBA/LA (alpha dropped, as
     torchvision's loader does), CMYK and YCbCr convert directly; 16-bit and 32-bit integer or float
     images (``I;16``, ``I``, ``F``) are scaled from their dtype's range (or their own maximum for
-    floats) to 0..255 first, since PIL's own conversion clips them. JPEGs larger than twice ``size`` are
-    decoded at reduced scale (``Image.draft``). PIL's decompression-bomb limit stays in force.
+    floats) to 0..255 first, since PIL's own conversion clips them. The EXIF orientation tag is applied
+    (``ImageOps.exif_transpose``), so a camera JPEG stored sideways with Orientation 6 comes back upright,
+    as a viewer shows it. JPEGs larger than twice ``size`` are decoded at reduced scale
+    (``Image.draft``). PIL's decompression-bomb limit stays in force.
 
     Raises:
         OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, ValueError: not a
         readable image (zero bytes, truncated, another format, too large).
     """
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        if size is not None and im.format == "JPEG":
-            im.draft("RGB", (2 * size[1], 2 * size[0]))
-        im.load()
+    with Image.open(path) as src:
+        if size is not None and src.format == "JPEG":
+            side = 2 * max(size)  # either side may end up the width once the orientation is applied
+            src.draft("RGB", (side, side))
+        src.load()
+        im = ImageOps.exif_transpose(src)  # a copy when rotated; ``src`` itself otherwise
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im, dtype=np.float64)
             top = 65535.0 if im.mode.startswith("I;16") else (float(arr.max()) or 1.0)
@@ -189,7 +193,7 @@ class ImageSamples:
             error = ""
         except Exception as err:  # any decoding failure of this one file
             x = torch.zeros(3, *self.input_size)
-            error = f"{type(err).__name__}: {err}"
+            error = error_text(err)
         return x, self.index[s.label], i, error
 
 

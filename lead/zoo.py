@@ -29,6 +29,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from lead.data import check_name, file_digest
-from lead.errors import InputError, ModelLoadError
+from lead.errors import InputError, ModelLoadError, strip_ansi
 
 WEIGHT_SCHEMES = ("timm", "file", "pypi", "torchvision")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -235,7 +236,38 @@ def weights_digest(spec: ModelSpec) -> str:
     return _digest_cached(str(path), st.st_size, st.st_mtime_ns)
 
 
+@lru_cache(maxsize=1)
+def checkpoint_safe_globals() -> tuple:
+    """Harmless types a training checkpoint holds beside its state dict, allowed to torch's weights-only
+    loader: ``argparse.Namespace`` (the training arguments) and numpy scalars and dtypes (a best
+    accuracy saved as ``np.float64``). They carry data, not code; a pickled module stays refused."""
+    import argparse
+
+    import numpy as np
+
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return (argparse.Namespace, np._core.multiarray.scalar, np.dtype, *dtypes)
+
+
+#: torch's weights-only refusal names its real cause after this marker (the text before it is generic advice).
+_WEIGHTS_UNPICKLER = re.compile(r"WeightsUnpickler error: (.+?)(?: Please use `torch\.serialization|\n|$)")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(strip_ansi(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _read_state_dict(path: Path, model_name: str) -> dict:
+    """Tensors by name from a ``.safetensors`` file or a PyTorch file (a state dict, or a training
+    checkpoint holding one under ``state_dict``, ``model`` or ``state_dict_ema`` with harmless extras such
+    as the epoch, the optimizer's state and ``argparse.Namespace`` arguments); ``module.`` prefixes removed.
+
+    Raises:
+        ModelLoadError: no such file; a pickled object other than tensors and the types of
+            :func:`checkpoint_safe_globals` (a whole ``torch.save(model)``: the message names the class and
+            says to re-save ``model.state_dict()``); an unreadable or truncated file.
+    """
     import torch
 
     try:
@@ -244,14 +276,23 @@ def _read_state_dict(path: Path, model_name: str) -> dict:
 
             sd = load_file(str(path), device="cpu")
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(checkpoint_safe_globals())):
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise ModelLoadError(f"model {model_name!r}: checkpoint {path} must exist; got no such file.") from err
     except Exception as err:  # corrupt file, pickle with code, wrong format
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        refused = _WEIGHTS_UNPICKLER.search(strip_ansi(str(err)))
+        if refused:
+            raise ModelLoadError(
+                f"model {model_name!r}: checkpoint {path} must hold tensors only (a state dict, or a training "
+                f"checkpoint with one under 'state_dict'); got an object the safe loader refuses "
+                f"({_one_line(refused.group(1))}). Re-save the weights with torch.save(model.state_dict(), path) "
+                "or safetensors."
+            ) from err
+        cause = _one_line(str(err))
         raise ModelLoadError(
             f"model {model_name!r}: checkpoint {path} must be a readable state dict (PyTorch .pth/.pt or .safetensors); "
-            f"got {type(err).__name__}{': ' + first if first else ''}. Check that the file is complete and of that format."
+            f"got {type(err).__name__}{': ' + cause if cause else ''}. Check that the file is complete and of that format."
         ) from err
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
@@ -323,10 +364,7 @@ def load_model(spec: ModelSpec):
     state = _read_state_dict(path, spec.name)
     num_classes = spec.num_classes
     if num_classes is None:
-        probe = _create(spec, pretrained=False)
-        classifier = probe.pretrained_cfg.get("classifier", "fc")
-        weight = state.get(f"{classifier}.weight")
-        num_classes = int(weight.shape[0]) if weight is not None else 0
+        num_classes = infer_num_classes(_create(spec, pretrained=False).pretrained_cfg.get("classifier", "fc"), state)
     model = _create(spec, pretrained=False, num_classes=num_classes)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -343,6 +381,20 @@ def load_model(spec: ModelSpec):
         )
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def infer_num_classes(classifier: str | tuple[str, ...] | list[str], state: dict) -> int:
+    """The number of classes of a checkpoint: the rows of its classifier's weight, for every classifier
+    name timm reports (a tuple for models with two heads: ``("head", "head_dist")`` for distilled DeiT,
+    ``("head.linear", "head_dist.linear")`` for LeViT; the heads agree). 0 when the checkpoint has no
+    classifier weight (a headless model). When the heads disagree, the first one's count is returned and
+    loading reports the mismatched shapes."""
+    names = [classifier] if isinstance(classifier, str) else list(classifier)
+    for name in names:
+        weight = state.get(f"{name}.weight")
+        if weight is not None and getattr(weight, "ndim", 0) >= 1:
+            return int(weight.shape[0])
+    return 0
 
 
 def load_torchvision(spec: ModelSpec):
@@ -411,12 +463,17 @@ def wrap_torchvision_classifier(model):
 
 
 def save_checkpoint(model, path: str | Path) -> Path:
-    """Save a model's state dict as safetensors, atomically (temp file then rename). Returns the path."""
+    """Save a model's state dict as safetensors, atomically (temp file, fsync, rename). Returns the path."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # on disk before the rename, so a crash cannot leave a complete-looking damaged file
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return path

@@ -3,8 +3,8 @@
 Two views are defined on every connection:
 
 - ``rankings``: every selection's rows (see :mod:`storage.rankings` for the columns).
-- ``logits``: every logits file, with ``dataset`` (fingerprint) and ``model`` (id, percent-decoded by DuckDB) from
-  the hive partition folders, plus ``sample_id``, ``label``, ``features FLOAT[]``, ``logits FLOAT[]``.
+- ``logits``: every logits file, with ``dataset`` (fingerprint) from the hive partition folder, ``model``
+  (the id in the file's ``lead.model`` metadata, else the folder's, percent-decoded by DuckDB), plus ``sample_id``, ``label``, ``features FLOAT[]``, ``logits FLOAT[]``.
 
 Only finished files are visible: temporary files being written start with '.' and end in '.tmp'.
 """
@@ -55,8 +55,13 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
     logits = sorted((store / "logits").glob("dataset=*/model=*/*.parquet"))
     if logits:
         glob = (store / "logits" / "dataset=*" / "model=*" / "*.parquet").as_posix()
+        # the model id comes from each file's `lead.model` (a long id's folder name is bounded and hashed,
+        # storage.logits.encode_model_id); the partition value stands in for a file without it
         con.sql(
-            f"CREATE VIEW logits AS SELECT * FROM read_parquet({_sql_str(glob)}, hive_partitioning=true, union_by_name=true)"
+            f"CREATE VIEW logits AS SELECT l.* EXCLUDE (filename) REPLACE (coalesce(m.model, l.model) AS model) "
+            f"FROM read_parquet({_sql_str(glob)}, hive_partitioning=true, union_by_name=true, filename=true) AS l "
+            f"LEFT JOIN (SELECT file_name, decode(value) AS model FROM parquet_kv_metadata({_sql_str(glob)}) "
+            f"WHERE decode(key) = 'lead.model') AS m ON l.filename = m.file_name"
         )
     else:
         con.sql(

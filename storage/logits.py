@@ -19,6 +19,7 @@ images that could not be decoded).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -35,19 +36,43 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lead import __version__
-from lead.errors import InputError
+from lead.errors import InputError, error_text
+from storage.files import publish
 
 SCHEMA_VERSION = "1"
 #: Rows per Parquet row group (bounded memory when writing and reading in pieces).
 ROW_GROUP_SIZE = 4096
 
 
+#: Longest model folder name (``model=`` excluded), in characters of the percent-encoded id: file systems
+#: limit a path component to 255 bytes (ext4, XFS, APFS, NTFS); 200 leaves room for ``model=``. Our choice.
+MAX_MODEL_DIR_CHARS = 200
+#: Hex digits of sha256(model id) that end a bounded folder name.
+MODEL_HASH_CHARS = 16
+
+
 def encode_model_id(model: str) -> str:
-    """Reversible, path-safe form of a model id (percent-encoding; ``arch.tag`` stays readable)."""
-    return quote(model, safe="")
+    """Path-safe form of a model id, at most ``MAX_MODEL_DIR_CHARS`` characters: its percent-encoding
+    (``arch.tag`` stays readable, and reversible with :func:`decode_model_id`) when that fits; else the
+    encoding of as many whole leading characters as fit, ``~`` and the first 16 hex digits of the
+    id's sha256 (one folder per id; the full id is in the file's ``lead.model`` metadata). A 30-character
+    CJK name encodes to 270 characters, over the 255-byte limit of a file name, and takes the second form."""
+    encoded = quote(model, safe="")
+    if len(encoded) <= MAX_MODEL_DIR_CHARS:
+        return encoded
+    suffix = "~" + hashlib.sha256(model.encode("utf-8")).hexdigest()[:MODEL_HASH_CHARS]
+    prefix = ""
+    for ch in model:
+        piece = quote(ch, safe="")
+        if len(prefix) + len(piece) + len(suffix) > MAX_MODEL_DIR_CHARS:
+            break
+        prefix += piece
+    return prefix + suffix
 
 
 def decode_model_id(encoded: str) -> str:
+    """The model id of a folder name made by :func:`encode_model_id` (for a bounded name, its decoded
+    prefix and hash; the full id is then in the file's ``lead.model`` metadata)."""
     return unquote(encoded)
 
 
@@ -170,7 +195,10 @@ class LogitsWriter:
             self.schema = make_schema(self.d, self.cs, meta, pa.from_numpy_dtype(self.dtype))
             # no dictionary encoding: features, logits and sample ids are all distinct; trying it made
             # writing 10x slower (0.69 s against 0.075 s for 2,048 rows of 1,280 + 1,000 floats)
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", use_dictionary=False)
+            # a CRC32 per page (Parquet page checksums): damage to a stored file is detected on reading it
+            # back, where zstd alone missed damage that happened to decode (values changed silently)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", use_dictionary=False,
+                                            write_page_checksum=True)
         cols = [pa.array(list(sample_ids), pa.string()), pa.array(np.asarray(labels, dtype=np.int32)), _fixed_list(features, self.dtype)]
         if self.cs:
             cols.append(_fixed_list(logits, self.dtype))
@@ -189,10 +217,10 @@ class LogitsWriter:
                 f"logits store: a file must have at least one readable image; got none for {self.path} "
                 f"({len(self.skipped)} skipped)."
             )
-        self._writer.add_key_value_metadata({"lead.n": str(self.n), "lead.skipped": json.dumps(self.skipped)})
+        self._writer.add_key_value_metadata({"lead.n": str(self.n), "lead.skipped": json.dumps(self.skipped),
+                                             "lead.page_checksums": "crc32"})
         self._writer.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        return publish(self.tmp, self.path)
 
     def abort(self) -> None:
         if self._pool is not None:
@@ -239,10 +267,33 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"lead.")}
 
 
+class DamagedLogitsError(OSError):
+    """A logits file whose bytes no longer read back as written (checksum or decoding failure, rows missing)."""
+
+
+def _read_verified(path: Path) -> tuple[pa.Table, dict[str, str]]:
+    try:
+        meta = read_metadata(path)
+        table = pq.read_table(path, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as err:
+        raise DamagedLogitsError(f"logits file {path} must read back as written; got {error_text(err)}") from err
+    if "lead.n" in meta and table.num_rows != int(meta["lead.n"]):
+        raise DamagedLogitsError(f"logits file {path} must read back as written; got {table.num_rows} rows for "
+                                 f"{meta['lead.n']} written")
+    return table, meta
+
+
 def read_logits(path: Path) -> LogitsFile:
-    """Read a whole logits file into numpy arrays (zero-copy from Arrow where possible)."""
-    table = pq.read_table(path)
-    meta = read_metadata(path)
+    """Read a whole logits file into numpy arrays (zero-copy from Arrow where possible), verifying each
+    page's checksum.
+
+    Raises:
+        DamagedLogitsError: the file is damaged (a page checksum or decoding fails, rows are missing); the
+            message names the file.
+    """
+    table, meta = _read_verified(Path(path))
 
     def matrix(name):
         col = table.column(name).combine_chunks()
@@ -265,3 +316,34 @@ def is_complete(path: Path, cache_key: str) -> bool:
         return read_metadata(path).get("lead.cache_key") == cache_key
     except (OSError, pa.ArrowInvalid):
         return False
+
+
+#: Suffix added to a damaged logits file when it is set aside (no reader matches ``*.parquet.corrupt``).
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def check_cached(path: Path, cache_key: str) -> tuple[bool, str]:
+    """Whether ``path`` is a usable cached logits file for ``cache_key``, reading it whole: ``(True, "")``
+    for a finished, intact file; ``(False, "")`` when there is none (or one for another key); and
+    ``(False, warning)`` for a damaged file (unreadable footer, a page checksum or decoding failure, rows
+    missing), which is renamed to ``<name>.corrupt`` beside it so that it is extracted again. The warning
+    names the file, the cause and where it went. Files written before page checksums (no
+    ``lead.page_checksums`` key) are checked by decoding only."""
+    path = Path(path)
+    if not path.exists():
+        return False, ""
+    try:
+        if read_metadata(path).get("lead.cache_key") != cache_key:
+            return False, ""
+        _read_verified(path)
+        return True, ""
+    except FileNotFoundError:
+        return False, ""
+    except (OSError, pa.ArrowException) as err:
+        cause = str(err) if isinstance(err, DamagedLogitsError) else f"logits file {path} must read back as written; got {error_text(err)}"
+        aside = path.with_name(path.name + CORRUPT_SUFFIX)
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another process set it aside first
+            pass
+        return False, f"{cause}. Set aside as {aside.name}; extracting again."

@@ -4,9 +4,9 @@ All runs are created and logged from the calling (flow) process with ``MlflowCli
 nothing here is called from worker threads (MLflow's SQLite pool does not bear concurrent writers).
 
 Parent run: experiment ``lead/<dataset name>``; tags ``dataset``, ``dataset_fingerprint``,
-``best_model``, ``zoo_digest``, ``primary_method``, ``flow_run_id``, ``failed_models``; params are the
-methods' knobs; artifact ``ranking.json``. Child run per model: tags ``model``, ``arch``, ``weights``,
-``status`` (and ``error``); params the model's preprocessing; one metric per method (its score)
+``best_model`` (``tie: a, b`` on an exact tie), ``best_models``, ``zoo_digest``, ``primary_method``,
+``flow_run_id``, ``failed_models``; params are the methods' knobs; artifact ``ranking.json``. Child
+run per model: tags ``model``, ``arch``, ``weights``, ``status`` (and ``error``); params the model's preprocessing; one metric per method (its score)
 plus ``rank_<method>``.
 """
 

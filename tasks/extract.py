@@ -8,6 +8,7 @@ that file without loading the model.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import time
@@ -22,8 +23,8 @@ from lead.extract import CANCEL, extract
 from lead.zoo import ModelSpec, load_model
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
 
-#: Transient faults are retried (a flaky network filesystem, a CUDA hiccup); bad input and models that
-#: cannot be loaded fail at once, because they would fail the same way each time.
+#: Transient faults are retried (a flaky network filesystem, a CUDA hiccup: :func:`is_transient`); anything
+#: else fails at once, because it would fail the same way each time.
 EXTRACT_RETRIES = 2
 EXTRACT_RETRY_DELAY_S = 5
 #: The Prefect global concurrency limit that caps forward passes per device (`lead setup` sizes it to the GPUs).
@@ -45,10 +46,39 @@ def gpu_slot():
     return concurrency(GPU_LIMIT, occupy=1, strict=False)
 
 
+#: errno values of faults that pass: an I/O error or stale handle of a network file system, a busy or
+#: interrupted call, a dropped connection. ENAMETOOLONG, ENOENT, EACCES, ENOSPC, EROFS fail again.
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EIO", "EAGAIN", "EBUSY", "EINTR", "ESTALE", "ETIMEDOUT", "ECONNRESET",
+                                      "ECONNABORTED", "ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN")
+    if hasattr(errno, name)
+)
+#: Phrases of torch RuntimeErrors that can pass: the device or memory of the moment, a killed decoding worker.
+TRANSIENT_RUNTIME = ("CUDA", "out of memory", "DataLoader worker")
+
+
+def is_transient(err: BaseException | None) -> bool:
+    """True for an error that may not happen again on a retry: a network or I/O fault
+    (``ConnectionError``, ``TimeoutError``, an ``OSError`` whose errno is in ``TRANSIENT_ERRNOS``), memory
+    (``MemoryError``, CUDA out of memory), a CUDA error, a DataLoader worker killed. Everything else
+    fails the same way each time and is not retried: bad input and models that cannot load, a forward
+    pass that raises (a ViT given the wrong input size: ``AssertionError``), a file name too long."""
+    if err is None or isinstance(err, (InputError, ModelLoadError)):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError, MemoryError)):
+        return True
+    if isinstance(err, OSError):
+        return err.errno in TRANSIENT_ERRNOS
+    if isinstance(err, RuntimeError):
+        return any(phrase in str(err) for phrase in TRANSIENT_RUNTIME)
+    return False
+
+
 def retry_transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry unless the error is a deterministic input or model error."""
+    """Prefect ``retry_condition_fn``: retry only an error that can pass (:func:`is_transient`), and never
+    after Ctrl-C."""
     err = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return not isinstance(err, (InputError, ModelLoadError)) and not CANCEL.is_set()
+    return isinstance(err, BaseException) and is_transient(err) and not CANCEL.is_set()
 
 
 def extraction_key(dataset_fingerprint: str, spec: ModelSpec, weights_digest: str) -> str:

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from lead import __version__
+from lead.errors import error_text
 from lead.scoring import get_method
 from storage.logits import read_logits, read_metadata
 
@@ -61,7 +62,7 @@ def score_model(model: str, path: str, methods: list[str]) -> dict[str, dict]:
                 value = method(features=data.features, logits=data.logits, labels=data.labels)
         except Exception as err:  # one method's failure must not hide the others
             logger.warning("%s: %s failed: %s", model, name, err)
-            out[name] = {"error": f"{type(err).__name__}: {err}"}
+            out[name] = {"error": error_text(err)}
             continue
         out[name] = {"score": value, "seconds": time.perf_counter() - started}
     return out

@@ -39,6 +39,7 @@ def faulty_zoo(tmp_path_factory):
     save_checkpoint(timm.create_model("test_vit3", pretrained=False, num_classes=3), root / "vit.safetensors")
     save_checkpoint(timm.create_model("test_efficientnet", pretrained=False, num_classes=3), root / "effnet.safetensors")
     (root / "corrupt.pth").write_bytes(b"\x80\x04 not a pickle")
+    torch.save(timm.create_model("test_efficientnet", pretrained=False, num_classes=3), root / "module.pth")
     return write_zoo(root / "zoo.yaml", [
         lite_entry(0),
         tiny_entry("nan-features", "test_efficientnet", "nan.safetensors"),
@@ -46,6 +47,7 @@ def faulty_zoo(tmp_path_factory):
         tiny_entry("wrong-arch", "resnet18", "effnet.safetensors"),
         tiny_entry("corrupt", "resnet18", "corrupt.pth"),
         tiny_entry("unknown-arch", "no_such_net", "effnet.safetensors"),
+        tiny_entry("pickled-module", "test_efficientnet", "module.pth"),
     ])
 
 
@@ -61,12 +63,24 @@ def test_each_failing_model_has_its_reason_and_the_others_are_ranked(tmp_path, t
         "wrong-arch": "must fit resnet18",
         "corrupt": "must be a readable state dict",
         "unknown-arch": "arch must be a timm architecture; got 'no_such_net'",
+        "pickled-module": "got an object the safe loader refuses (Unsupported global: GLOBAL "
+                          "timm.models.efficientnet.EfficientNet was not an allowed global by default.). Re-save the "
+                          "weights with torch.save(model.state_dict(), path) or safetensors.",
     }
     for name, text in expected.items():
         assert models[name]["status"] == "failed" and text in models[name]["error"], (name, models[name]["error"])
         assert models[name]["ranks"] == {}
-    rows = query(tmp_path / "s", "SELECT model, status FROM rankings WHERE method = 'lead' AND status = 'failed'").to_pylist()
+    rows = query(tmp_path / "s", "SELECT model, status, error, mlflow_run_id FROM rankings WHERE method = 'lead' AND "
+                 "status = 'failed'").to_pylist()
     assert {r["model"] for r in rows} == set(expected)
+    assert not [r["model"] for r in rows if "\x1b" in r["error"]]  # no terminal escape codes stored
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 's'}/mlflow.db")
+    children = client.search_runs([client.get_run(rows[0]["mlflow_run_id"]).info.experiment_id],
+                                  filter_string="tags.status = 'failed'")
+    assert sorted(r.data.tags["model"] for r in children) == sorted(expected)
+    assert not [r.data.tags["model"] for r in children if "\x1b" in r.data.tags["error"]]
 
 
 def test_timm_weights_offline_fail_fast_with_the_reason(tmp_path, tiny_dataset, monkeypatch):
@@ -210,3 +224,55 @@ def test_ctrl_c_stops_promptly_and_cleanly(tmp_path):
     assert time.time() - started < 20
     assert "interrupted: finished logits files are kept; run the same command again to resume." in out
     assert not list((store / "logits").rglob("*.tmp"))
+
+
+def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path, tiny_dataset, capsys):
+    """64 bytes overwritten inside a column chunk of a cached file (footer intact): the rerun detects it by
+    the page checksums, names the file, sets it aside and extracts again; the scores are the intact ones."""
+    from flows.cli import _print_selection
+    from flows.rank_zoo import rank_zoo
+    from tests.storage.test_storage import damage
+
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
+    store = tmp_path / "s"
+    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"])
+    path = Path(first["models"][0]["extraction"]["path"])
+    damage(path, 3, "middle")  # the logits column: LEEP would change silently without the checksums
+    again = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"])
+    assert again["models"][0]["extraction"]["status"] == "extracted"
+    assert again["models"][0]["scores"] == first["models"][0]["scores"]
+    assert path.exists() and path.with_name(path.name + ".corrupt").exists()
+    [warning] = again["warnings"]
+    assert warning.startswith(f"efficientnet_lite0.in1k: logits file {path} must read back as written; got OSError: ")
+    assert warning.endswith(f"Set aside as {path.name}.corrupt; extracting again.")
+    capsys.readouterr()
+    _print_selection(again)
+    assert f"warning: {warning}" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_exact_ties_name_no_best_model_and_long_names_are_stored(tmp_path, tiny_dataset):
+    """Two entries with the same weights score exactly alike: the output and MLflow say it is a tie instead
+    of naming the alphabetically first. One of them is named with 30 CJK characters (270 characters
+    percent-encoded, over the 255-byte file name limit): it is stored under a bounded folder name."""
+    from mlflow import MlflowClient
+
+    from flows.cli import app
+
+    long_name = "模型" * 15
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), {**lite_entry(0), "name": long_name}])
+    store = tmp_path / "s"
+    result = CliRunner().invoke(app, ["rank", "-d", str(tiny_dataset), "-z", str(zoo), "--store", str(store),
+                                      "--method", "lead,logme"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert f"best model: tie between efficientnet_lite0.in1k and {long_name}" in result.output
+    rows = query(store, "SELECT model, method, rank FROM rankings ORDER BY method, model").to_pylist()
+    assert [r["rank"] for r in rows] == [1, 1, 1, 1]  # competition ranks kept
+    run_id = query(store, "SELECT DISTINCT mlflow_run_id FROM rankings").to_pylist()[0]["mlflow_run_id"]
+    tags = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db").get_run(run_id).data.tags
+    assert tags["best_model"] == f"tie: efficientnet_lite0.in1k, {long_name}"
+    assert tags["best_models"] == f"efficientnet_lite0.in1k,{long_name}"
+    folders = sorted(p.name for p in (store / "logits").glob("dataset=*/model=*"))
+    assert folders == ["model=" + "%E6%A8%A1%E5%9E%8B" * 10 + "~aab011b60f3a3b41",
+                       "model=efficientnet_lite0.in1k"]
+    assert query(store, "SELECT DISTINCT model FROM logits ORDER BY model").to_pylist() == [
+        {"model": "efficientnet_lite0.in1k"}, {"model": long_name}]

@@ -68,7 +68,9 @@ def test_failed_model_is_recorded_and_the_others_ranked(runs):
     assert [m["model"] for m in first["models"]][-1] == "broken"
     # the headless copy has the same backbone and features: the two tie and share rank 1
     assert sorted(m["ranks"]["lead"] for m in first["models"] if m["status"] == "ok") == [1, 1]
-    assert first["best_model"] == first["models"][0]["model"]
+    # an exact tie for first: no model is named best (docs/errors.md, "Settings and ties")
+    assert first["best_model"] == "tie: efficientnet_lite0.in1k, lite0-headless"
+    assert first["best_models"] == ["efficientnet_lite0.in1k", "lite0-headless"]
     assert first["n_samples"] == 24 and first["n_classes"] == 4
 
 
@@ -185,7 +187,8 @@ def test_table_artifact_published(runs):
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ranking-animals"])))
     assert arts and arts[0].type == "table"
     table = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
-    assert first["best_model"] in json.dumps(table)
+    assert [row["model"] for row in table if row["rank"] == 1] == first["best_models"]
+    assert f"best: {first['best_model']}." in arts[0].description
 
 
 def test_every_model_failing_fails_the_flow_after_recording(tmp_path, tiny_dataset):

@@ -55,7 +55,7 @@ def test_csv_manifest_errors_name_the_line(tmp_path):
     with pytest.raises(DatasetError, match="must have the header columns 'path,label'"):
         csv_manifest(bad)
     bad.write_text("path,label\nmissing.png,a\n")
-    with pytest.raises(DatasetError, match=r"every listed image must exist; got 1 missing \(line 2: missing.png\)"):
+    with pytest.raises(DatasetError, match=r"got 1 problem\(s\) \(line 2: the file must exist; got no such file 'missing.png'\)"):
         csv_manifest(bad)
 
 
@@ -118,13 +118,13 @@ def test_csv_manifest_rows_blank_duplicate_outside(tmp_path):
     ds = csv_manifest(manifest)
     assert len(ds) == 4 and ds.notes == ["ignored 1 repeated row(s) of the manifest"]
     manifest.write_text("path,label\na.png,x\nb.png,\n")
-    with pytest.raises(DatasetError, match=r"line 3 must have a path and a label; got path='b.png', label=''"):
+    with pytest.raises(DatasetError, match=r"\(line 3: a path and a label are required; got path='b.png', label=''\)"):
         csv_manifest(manifest)
     manifest.write_text("path,label\na.png,x\na.png,y\n")
-    with pytest.raises(DatasetError, match=r"each image must have one label; got 'x' \(line 2\) and 'y' \(line 3\)"):
+    with pytest.raises(DatasetError, match=r"\(line 3: 'a.png' must have one label; got 'y' here and 'x' on line 2\)"):
         csv_manifest(manifest)
     manifest.write_text("path,label\n../outside.png,x\n")
-    with pytest.raises(DatasetError, match=r"line 2: image paths must stay inside the manifest's folder"):
+    with pytest.raises(DatasetError, match=r"\(line 2: the path must stay inside the manifest's folder; got '../outside.png'\)"):
         csv_manifest(manifest)
 
 
@@ -172,3 +172,57 @@ def test_csv_manifest_encodings(tmp_path):
     header.write_text("path,label\n")
     with pytest.raises(DatasetError, match="must list images; got a header and no rows"):
         csv_manifest(header)
+
+
+def test_every_suffix_pillow_opens_is_read_and_other_files_are_named(tmp_path):
+    """A class of .jfif JPEGs is a class; a .jfif among PNGs is read; non-image files are counted and named."""
+    from PIL import Image
+
+    from lead.data import image_suffixes
+
+    assert {".jfif", ".jpe", ".jpg", ".png", ".qoi"} <= set(image_suffixes())
+    assert not {".txt", ".pdf", ".h5"} & set(image_suffixes())
+    root = tmp_path / "ds"
+    for folder, names in {"a": ["1.jfif", "2.jfif", "3.JFIF"], "b": ["1.png", "2.png", "3.jfif", "notes.txt"]}.items():
+        (root / folder).mkdir(parents=True)
+        for n in names:
+            if n.endswith(".txt"):
+                (root / folder / n).write_text("not an image")
+            else:
+                Image.new("RGB", (8, 8), (10, 20, 30)).save(root / folder / n, format="JPEG" if "jfif" in n.lower() else "PNG")
+    (root / "README.md").write_text("about")
+    (root / "b" / ".DS_Store").write_bytes(b"\0")
+    ds = image_folder(root)
+    assert ds.classes == ["a", "b"]
+    assert [s.sample_id for s in ds.samples] == ["a/1.jfif", "a/2.jfif", "a/3.JFIF", "b/1.png", "b/2.png", "b/3.jfif"]
+    assert ds.notes == ["ignored 2 file(s) that are not images: README.md, b/notes.txt"]
+    (root / "c").mkdir()
+    for i in range(12):
+        (root / "c" / f"{i:02d}.txt").write_text("x")
+    assert image_folder(root).notes == [
+        "ignored 1 class folder(s) without images: c",
+        "ignored 14 file(s) that are not images: README.md, b/notes.txt, c/00.txt, c/01.txt, c/02.txt, c/03.txt, "
+        "c/04.txt, c/05.txt, c/06.txt, c/07.txt and 4 more",
+    ]
+
+
+def test_csv_manifest_reports_every_problem_in_one_error(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for n in ("a.png", "b.png", "c.png"):
+        Image.new("L", (4, 4), 1).save(folder / n)
+    manifest = folder / "labels.csv"
+    manifest.write_text("path,label\na.png,x\nb.png,\nc.png,y\ngone.png,y\n")
+    with pytest.raises(DatasetError) as info:
+        csv_manifest(manifest)
+    assert str(info.value) == (
+        f"dataset: manifest {manifest}: every row must give an existing image inside {folder} and one label; got 2 "
+        "problem(s) (line 3: a path and a label are required; got path='b.png', label=''; line 5: the file must exist; "
+        "got no such file 'gone.png'). Fix or remove those rows."
+    )
+    manifest.write_text("path,label\n" + "".join(f"gone{i}.png,x\n" for i in range(12)) + "../out.png,y\n")
+    with pytest.raises(DatasetError, match=r"got 13 problem\(s\) \(line 2: .*; line 11: the file must exist; got no such "
+                       r"file 'gone9.png'; and 3 more\)"):
+        csv_manifest(manifest)

@@ -70,3 +70,39 @@ def test_loader_workers_start_while_another_thread_runs_blas(tiny_dataset):
     finally:
         stop.set()
         worker.join()
+
+
+def _raised(fn):
+    try:
+        fn()
+    except BaseException as err:  # the real exception, as the task would see it
+        return err
+    raise AssertionError("expected an exception")
+
+
+def test_only_errors_that_can_pass_are_retried(tmp_path):
+    """Deterministic errors (a ViT given the wrong input size, a file name too long, bad input, a model that
+    cannot load) fail at once; I/O, network, memory and CUDA faults are retried."""
+    import errno
+
+    import timm
+    from prefect.states import Failed
+
+    from lead.errors import DatasetError, ModelLoadError
+    from tasks.extract import is_transient, retry_transient
+
+    vit = timm.create_model("test_vit3", pretrained=False, num_classes=3).eval()
+    wrong_size = _raised(lambda: vit(torch.zeros(1, 3, 32, 32)))
+    assert str(wrong_size) == "Input height (32) doesn't match model (160)."
+    too_long = _raised(lambda: open(tmp_path / ("x" * 300), "w"))
+    assert too_long.errno == errno.ENAMETOOLONG
+    deterministic = [wrong_size, too_long, DatasetError("bad"), ModelLoadError("bad"), ValueError("shape"),
+                     RuntimeError("mat1 and mat2 shapes cannot be multiplied"), FileNotFoundError(errno.ENOENT, "gone")]
+    transient = [OSError(errno.EIO, "Input/output error"), OSError(errno.ESTALE, "Stale file handle"),
+                 ConnectionResetError(errno.ECONNRESET, "reset"), TimeoutError("timed out"), MemoryError(),
+                 RuntimeError("CUDA error: an illegal memory access was encountered"),
+                 RuntimeError("DataLoader worker (pid 123) is killed by signal: Killed.")]
+    assert [is_transient(e) for e in deterministic] == [False] * len(deterministic)
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert retry_transient(None, None, Failed(data=wrong_size)) is False
+    assert retry_transient(None, None, Failed(data=OSError(errno.EIO, "Input/output error"))) is True

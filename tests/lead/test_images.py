@@ -75,3 +75,27 @@ def test_extract_skips_and_names_unreadable_images(tiny_dataset, tmp_path):
     assert all(skipped.values())
     ids = [i for b in batches for i in b.sample_ids]
     assert len(ids) == len(ds) - 3 and "cat/good.png" in ids
+
+
+def write_sideways_jpeg(path):
+    """A 160 x 120 picture (red left half, blue right half) stored as a camera does: pixels rotated to
+    sensor orientation (120 wide, 160 high) with EXIF Orientation = 6 ("rotate 90 degrees clockwise to view")."""
+    upright = Image.new("RGB", (160, 120), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 80, 120))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, exif=exif, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("size", [None, (32, 32)])
+def test_exif_orientation_is_applied(tmp_path, size):
+    path = write_sideways_jpeg(tmp_path / "sideways.jpg")
+    with Image.open(path) as raw:
+        assert raw.size == (120, 160)
+    img = load_rgb(path, size)
+    assert img.size == (160, 120)
+    left, right = pixel(img, (20, 60)), pixel(img, (140, 60))
+    assert left[0] > 200 and left[2] < 50, left
+    assert right[2] > 200 and right[0] < 50, right

@@ -114,3 +114,68 @@ def test_torchvision_wrapper_gives_timm_feature_api(arch):
 def test_online_weight_sources_fail_clearly_offline_or_on_bad_names():
     with pytest.raises(ModelLoadError, match="torchvision arch and weights must exist"):
         load_model(ModelSpec("g", "googlenet", "torchvision:NO_SUCH_WEIGHTS", (32, 32), (0.5,) * 3, (0.5,) * 3))
+
+
+def _small_spec(name, arch, weights, size=32):
+    return ModelSpec(name, arch, weights, (size, size), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_training_checkpoint_loads_and_a_pickled_module_is_refused_with_its_cause(tmp_path):
+    """The common `state_dict + optimizer + argparse args` layout loads through the weights-only loader;
+    a whole pickled module is refused with torch's real cause and the fix, with no terminal escape codes."""
+    import argparse
+
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    model.eval()
+    ckpt = tmp_path / "x.pth.tar"
+    torch.save({"epoch": 3, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                "args": argparse.Namespace(lr=0.1), "best_acc1": np.float64(71.5)}, ckpt)
+    loaded = load_model(_small_spec("ckpt", "test_resnet", f"file:{ckpt}"))
+    assert loaded.num_classes == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+    whole = tmp_path / "whole.pth"
+    torch.save(model, whole)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(_small_spec("whole", "test_resnet", f"file:{whole}"))
+    assert str(info.value) == (
+        f"model 'whole': checkpoint {whole} must hold tensors only (a state dict, or a training checkpoint with one "
+        "under 'state_dict'); got an object the safe loader refuses (Unsupported global: GLOBAL "
+        f"{type(model).__module__}.{type(model).__name__} was not an allowed global by default.). Re-save the weights "
+        "with torch.save(model.state_dict(), path) or safetensors."
+    )
+
+
+def test_stored_error_texts_have_no_terminal_escape_codes():
+    from lead.errors import error_text, strip_ansi
+
+    assert strip_ansi("a \x1b[1mbold\x1b[0m b \x1b]8;;http://x\x07link\x1b]8;;\x07") == "a bold b link"
+    assert error_text(RuntimeError("\x1b[31mred\x1b[0m failure")) == "RuntimeError: red failure"
+
+
+@pytest.mark.parametrize("arch, heads", [("deit_tiny_distilled_patch16_224", ("head", "head_dist")),
+                                         ("levit_128s", ("head.linear", "head_dist.linear"))])
+def test_two_classifier_heads_give_num_classes(tmp_path, arch, heads):
+    """timm names both heads of a distilled model; num_classes comes from them (not "4 unexpected keys")."""
+    import timm
+
+    from lead.zoo import infer_num_classes
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=10).eval()
+    assert model.pretrained_cfg["classifier"] == heads
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    assert infer_num_classes(heads, model.state_dict()) == 10
+    loaded = load_model(_small_spec("two-heads", arch, f"file:{path}", size=224))
+    assert loaded.num_classes == 10
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())

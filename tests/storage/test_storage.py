@@ -162,3 +162,62 @@ def test_background_write_error_at_close_leaves_no_file(tmp_path):
             w.write(["a"], np.array([0]), np.zeros((1, 2), np.float32), None)
             w.write(["b"], np.array([0]), np.zeros((1, 3), np.float32), None)  # fails in the writer thread
     assert list(path.parent.iterdir()) == []
+
+
+def test_long_model_ids_get_a_bounded_hashed_folder_and_keep_their_name(tmp_path):
+    """30 CJK characters percent-encode to 270 characters, over the 255-byte file name limit."""
+    long_name = "模型" * 15
+    short = logits_path(tmp_path, "fp", "efficientnet_lite0.in1k", "a" * 64)
+    assert short.parent.name == "model=efficientnet_lite0.in1k"  # short ids keep their path (caches stay valid)
+    path = logits_path(tmp_path, "fp", long_name, "b" * 64)
+    assert path.parent.name == "model=" + "%E6%A8%A1%E5%9E%8B" * 10 + "~aab011b60f3a3b41"
+    assert len(path.parent.name.encode()) == 203
+    assert encode_model_id(long_name + "!") != encode_model_id(long_name)
+    rng = np.random.default_rng(0)
+    with LogitsWriter(path, {"lead.cache_key": "b" * 64, "lead.model": long_name, "lead.classes": '["a", "b"]'}) as w:
+        w.write(["s0", "s1"], np.array([0, 1]), rng.standard_normal((2, 4)), None)
+    write_file(short)
+    assert read_logits(path).metadata["lead.model"] == long_name
+    rows = query(tmp_path, "SELECT model, count(*) AS n FROM logits GROUP BY model ORDER BY model")
+    assert rows.to_pylist() == [{"model": "efficientnet_lite0.in1k", "n": 10}, {"model": long_name, "n": 2}]
+
+
+def damage(path, column, where):
+    """Overwrite 64 bytes inside ``column``'s chunk of the first row group (the footer stays intact);
+    ``where`` is "start" (zstd fails to decode) or "middle" (decodes to other values without checksums)."""
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(column)
+    offset = chunk.data_page_offset + (100 if where == "start" else chunk.total_compressed_size // 2)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xab" * 64)
+
+
+@pytest.mark.parametrize("where", ["start", "middle"])
+def test_a_damaged_logits_file_is_detected_and_set_aside(tmp_path, where):
+    from storage.logits import DamagedLogitsError, check_cached
+
+    path = logits_path(tmp_path, "fp", "m", "k" * 64)
+    write_file(path, n=64, d=256, cs=100, key="k" * 64)
+    assert read_metadata_keys(path)["lead.page_checksums"] == "crc32"
+    assert check_cached(path, "k" * 64) == (True, "")
+    assert check_cached(path, "other") == (False, "")
+    intact = read_logits(path).features.copy()
+    damage(path, 2, where)
+    if where == "middle":  # without the checksums this damage reads back as other numbers
+        changed = pq.read_table(path, page_checksum_verification=False).column("features").combine_chunks()
+        assert not np.array_equal(changed.flatten().to_numpy().reshape(64, 256), intact)
+    with pytest.raises(DamagedLogitsError, match=rf"^logits file {path} must read back as written; got OSError: "):
+        read_logits(path)
+    ok, warning = check_cached(path, "k" * 64)
+    assert not ok and not path.exists() and path.with_name(path.name + ".corrupt").exists()
+    assert warning.startswith(f"logits file {path} must read back as written; got OSError: ")
+    assert "CRC checksum verification failed" in warning
+    assert warning.endswith(". Set aside as part-kkkkkkkkkkkkkkkk.parquet.corrupt; extracting again.")
+    assert check_cached(path, "k" * 64) == (False, "")
+    assert query(tmp_path, "SELECT count(*) AS n FROM logits").to_pylist() == [{"n": 0}]  # *.corrupt is not read
+
+
+def read_metadata_keys(path):
+    from storage.logits import read_metadata
+
+    return read_metadata(path)
