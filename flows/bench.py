@@ -27,6 +27,7 @@ from flows.rank_zoo import artifact_key, parse_methods, rank_zoo
 from lead.benchmark import STATISTICS, Suite, evaluate, load_suite, mean_by_method
 from lead.config import Settings
 from lead.scoring.priors import PRIORS, prior_scores
+from lead.trackrecord import MIN_MODELS, choose_method, history_suite
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.zoo import load_zoo
 from storage.bench import bench_dir, plot_scores, write_bench_table
@@ -173,6 +174,102 @@ def evaluate_scores(
         "table_path": str(table_path), "plot_path": str(plot_path), "markdown": md, "mlflow": mlflow_info,
         "published": s.published,
     }
+
+
+#: MLflow experiment of the track record (``lead bench --history`` and the nightly run).
+TRACK_RECORD_EXPERIMENT = "lead-track-record"
+
+
+def track_record(
+    store: str | None = None,
+    tracking_uri: str | None = None,
+    zoo: str | None = None,
+    metric: str | None = None,
+    min_models: int = MIN_MODELS,
+) -> dict:
+    """The store's track record, evaluated and reported like a suite (``lead bench --history``).
+
+    Each dataset's latest selection (its scores per model and method, ``storage.history.latest_scores``)
+    is compared with the current outcomes (``storage.outcomes``) on every dataset with outcomes for at
+    least ``min_models`` scored models (:func:`lead.trackrecord.history_suite`), through
+    :func:`evaluate_scores`: the same rows, table, figure and markdown as ``lead bench --suite``, logged
+    as one MLflow run in experiment :data:`TRACK_RECORD_EXPERIMENT` with the tag
+    ``outcomes_digest``.
+
+    Args:
+        zoo: zoo file or built-in name giving the static priors (None: no priors).
+        metric: judge every dataset on this outcome metric (None: per dataset, the most recorded one).
+    Returns:
+        :func:`evaluate_scores`'s dict, plus ``left_out`` ({dataset: why}), ``outcomes_digest``,
+        ``selection_runs`` ({dataset: run id}), ``priors`` (the prior rows present) and ``auto`` (what
+        ``--method auto`` would choose: :meth:`lead.trackrecord.AutoChoice.evidence`).
+    Raises:
+        InputError: no dataset has outcomes for ``min_models`` scored models (the message says what
+            the store holds and how to record outcomes).
+    """
+    from lead.errors import InputError
+    from lead.scoring import DEFAULT_METHODS, METHODS
+    from storage.history import latest_scores
+    from storage.outcomes import current_accuracies, digest
+
+    settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
+    scores, runs, methods = latest_scores(settings.store)
+    outcomes = current_accuracies(settings.store)
+    suite, left_out = history_suite(scores, outcomes, zoo=zoo or "", min_models=min_models, metric=metric)
+    if suite is None:
+        held = "; ".join(f"{d}: {why}" for d, why in left_out.items()) or "no outcomes"
+        raise InputError(f"bench --history: the track record must have a dataset with outcomes for at least {min_models} "
+                         f"models its latest selection scored; got {held}. Record them with `lead outcomes add` or "
+                         "`lead outcomes import`.")
+    sub = {d: {m: dict(v) for m, v in scores[d].items()} for d in suite.datasets}
+    methods = [m for m in methods if any(m in v for v in sub.values())]
+    selections = {d: runs[d] for d in suite.datasets}
+    out_digest = digest(settings.store)
+    result = evaluate_scores(suite, sub, methods, settings=settings, specs=zoo_specs(zoo or ""),
+                             experiment=TRACK_RECORD_EXPERIMENT,
+                             tags={"outcomes_digest": out_digest, "selection_runs": json.dumps(selections)})
+    auto = choose_method(result["rows"], min_datasets=settings.auto_min_datasets, registered=METHODS,
+                         preferred=DEFAULT_METHODS)
+    result.update(left_out=left_out, outcomes_digest=out_digest, selection_runs=selections, auto=auto.evidence(),
+                  accuracies=suite.accuracies, metrics=dict(suite.datasets),
+                  priors=[p for p in PRIORS if any(r["method"] == p for r in result["rows"])])
+    return result
+
+
+def last_logged_digest(tracking_uri: str) -> str | None:
+    """The ``outcomes_digest`` tag of the newest run in :data:`TRACK_RECORD_EXPERIMENT` (None: no run)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(TRACK_RECORD_EXPERIMENT)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].data.tags.get("outcomes_digest") if runs else None
+
+
+def log_track_record_if_changed(store: str | None = None, tracking_uri: str | None = None, zoo: str | None = None) -> dict:
+    """Log the track record as a new MLflow run when the outcomes changed since the last one logged.
+
+    Returns:
+        ``{"status": "logged" | "unchanged" | "empty", "outcomes_digest", "run_id" (when logged),
+        "reason"}``; ``empty``: the store has no dataset with enough outcomes yet (nothing logged).
+    """
+    from lead.errors import InputError
+    from storage.outcomes import digest, outcome_files
+
+    settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
+    if not outcome_files(settings.store):
+        return {"status": "empty", "outcomes_digest": None, "reason": "no outcomes recorded"}
+    now = digest(settings.store)
+    if last_logged_digest(settings.tracking_uri) == now:
+        return {"status": "unchanged", "outcomes_digest": now, "reason": "outcomes unchanged since the last logged run"}
+    try:
+        result = track_record(store=str(settings.store), tracking_uri=settings.tracking_uri, zoo=zoo)
+    except InputError as err:
+        return {"status": "empty", "outcomes_digest": now, "reason": str(err)}
+    return {"status": "logged", "outcomes_digest": now, "run_id": result["mlflow"].get("run_id"),
+            "reason": result["mlflow"].get("error", "")}
 
 
 @flow(name="bench", validate_parameters=False)
