@@ -133,8 +133,8 @@ def evaluate_scores(
     logger = logger or LOG
     failures = dict(failures or {})
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    for name in scores:  # the static priors, as reference rows
-        for prior, values in prior_scores(list(s.accuracies[name]), specs or {}).items():
+    for name in scores if specs else ():  # the static priors, as reference rows (none without a zoo)
+        for prior, values in prior_scores(list(s.accuracies[name]), specs).items():
             scores[name][prior] = {k: v for k, v in values.items() if math.isfinite(v)}
     priors = [p for p in PRIORS if any(p in v for v in scores.values())]
     rows = evaluate(s, scores, method_ids + priors)
