@@ -250,7 +250,8 @@ def rank_zoo(
     created_at = datetime.now(UTC)
     params = {m: get_method(m).params for m in method_ids}
     auto_info = {**auto.evidence(), "primary": primary} if auto is not None else None
-    params_json = json.dumps({"methods": method_ids, "params": params, **({"auto": auto_info} if auto else {})}, sort_keys=True)
+    params_json = json.dumps({"methods": method_ids, "params": params, **({"auto": auto_info} if auto else {})},
+                             sort_keys=True)
     rows = []
     for m in ordered:
         for method in method_ids:
@@ -310,7 +311,8 @@ def rank_zoo(
                       "skipped_images": str(len(skipped)),
                       **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {}),
                       **({"auto_method": primary, "auto_evidence": json.dumps(auto_info)} if auto else {})},
-                params={"methods": ",".join(method_ids), **({"auto_min_datasets": str(auto.min_datasets)} if auto else {}), "n_samples": str(n_read), "n_classes": str(len(ds.classes)),
+                params={"methods": ",".join(method_ids), "n_samples": str(n_read), "n_classes": str(len(ds.classes)),
+                        **({"auto_min_datasets": str(auto.min_datasets)} if auto else {}),
                         **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v)
                            for meth, p in params.items() for k, v in p.items()}},
                 metrics={f"best_{primary}": ok[0]["scores"][primary]} if ok else {},
