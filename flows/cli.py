@@ -302,7 +302,8 @@ def rank(
 @app.command()
 def history(
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Only selections of this dataset (name or fingerprint).")] = None,
-    sql: Annotated[str | None, typer.Option("--sql", help="A DuckDB query over the views `rankings` and `logits`.")] = None,
+    sql: Annotated[str | None, typer.Option("--sql", help="A DuckDB query over the views `rankings`, `logits`, `outcomes` "
+                                            "and `outcomes_log`.")] = None,
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False,
     debug: DebugOpt = False,
@@ -310,8 +311,10 @@ def history(
     """Past selections, answered by DuckDB over the store's Parquet files.
 
     Without --sql: one line per selection and method with its best model, newest first.
-    With --sql: any query over the views `rankings` (one row per run, model and method) and `logits`
-    (one row per image and model: sample_id, label, features, logits, dataset, model). Example:
+    With --sql: any query over the views `rankings` (one row per run, model and method), `logits`
+    (one row per image and model: sample_id, label, features, logits, dataset, model), `outcomes` (the
+    current real fine-tuned accuracy per dataset, model and metric: `lead outcomes`) and `outcomes_log`
+    (every outcome ever recorded). Example:
 
         lead history --sql "SELECT model, avg(score) FROM rankings WHERE method='lead' GROUP BY model"
     """
