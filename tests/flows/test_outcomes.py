@@ -32,17 +32,17 @@ TABLE = json.loads((BUILTIN_SUITES_DIR / "offline-fewshot" / "weighted_tau.json"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def rank_stored(store, dataset: str, i: int) -> None:
+def rank_stored(store, dataset: str, i: int, methods=METHODS) -> None:
     """One selection of ``dataset`` from the suite's stored features, written to the rankings table."""
     files = SUITE.stored_features(dataset)
     data = {m: read_logits(p) for m, p in files.items()}
     labels = next(iter(data.values())).labels
-    ranking = rank_models({m: (d.features, d.logits) for m, d in data.items()}, labels, METHODS)
+    ranking = rank_models({m: (d.features, d.logits) for m, d in data.items()}, labels, methods)
     run_id = f"run-{dataset}"
     rows = [{"run_id": run_id, "created_at": T0 + timedelta(hours=i), "dataset": dataset,
              "dataset_fingerprint": f"fp-{dataset}", "model": model, "method": method,
              "score": ranking.scores[method][model], "rank": ranking.ranks_by[method].get(model), "n_samples": len(labels),
-             "n_classes": 10, "mlflow_run_id": "", "flow_run_id": "", "params_json": json.dumps({"methods": METHODS}),
+             "n_classes": 10, "mlflow_run_id": "", "flow_run_id": "", "params_json": json.dumps({"methods": list(methods)}),
              "status": "ok", "error": ""} for model in files for method in ranking.methods]
     write_rankings(store, f"fp-{dataset}", run_id, rows)
 
@@ -216,3 +216,4 @@ def test_nightly_logs_the_track_record_when_outcomes_change(store):
     record(store, [Outcome("mnist", "lcnet_050.fmnist-6k", 20.0)], replace=True)
     nightly_rerank(store=str(store), tracking_uri=uri)
     assert len(logged()) == 2 and logged()[0].data.tags["outcomes_digest"] == digest(store)
+
