@@ -34,8 +34,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lead.benchmark import Suite, mean_by_method
+from typing import TYPE_CHECKING
+
 from lead.errors import InputError
+
+if TYPE_CHECKING:  # lead.benchmark pulls in scipy and torch; lead.config imports this module's constants
+    from lead.benchmark import Suite
 
 #: The metric of ``lead outcomes add`` when none is given.
 DEFAULT_METRIC = "accuracy"
@@ -212,6 +216,8 @@ def history_suite(
         ``(suite or None when no dataset qualifies, {dataset: why it was left out}``). The suite's
         ``datasets`` map each name to ``"metric <name>"``; its unit is percent.
     """
+    from lead.benchmark import Suite
+
     accuracies: dict[str, dict[str, float]] = {}
     metrics_used: dict[str, str] = {}
     left_out: dict[str, str] = {}
@@ -287,6 +293,8 @@ def choose_method(rows: list[dict], min_datasets: int = AUTO_MIN_DATASETS, regis
     Raises:
         InputError: ``min_datasets`` below 1.
     """
+    from lead.benchmark import mean_by_method
+
     if min_datasets < 1:
         raise InputError(f"auto: min_datasets must be at least 1; got {min_datasets}. Set LEAD_AUTO_MIN_DATASETS "
                          "or --auto-min-datasets to a positive number.")
