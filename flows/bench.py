@@ -252,8 +252,9 @@ def log_track_record_if_changed(store: str | None = None, tracking_uri: str | No
     """Log the track record as a new MLflow run when the outcomes changed since the last one logged.
 
     Returns:
-        ``{"status": "logged" | "unchanged" | "empty", "outcomes_digest", "run_id" (when logged),
-        "reason"}``; ``empty``: the store has no dataset with enough outcomes yet (nothing logged).
+        ``{"status": "logged" | "unchanged" | "empty" | "failed", "outcomes_digest", "run_id" (when logged),
+        "reason"}``; ``empty``: the store has no dataset with enough outcomes yet (nothing logged);
+        ``failed``: MLflow could not be written (the reason; the next call tries again).
     """
     from lead.errors import InputError
     from storage.outcomes import digest, outcome_files
@@ -268,7 +269,8 @@ def log_track_record_if_changed(store: str | None = None, tracking_uri: str | No
         result = track_record(store=str(settings.store), tracking_uri=settings.tracking_uri, zoo=zoo)
     except InputError as err:
         return {"status": "empty", "outcomes_digest": now, "reason": str(err)}
-    return {"status": "logged", "outcomes_digest": now, "run_id": result["mlflow"].get("run_id"),
+    run_id = result["mlflow"].get("run_id")
+    return {"status": "logged" if run_id else "failed", "outcomes_digest": now, "run_id": run_id,
             "reason": result["mlflow"].get("error", "")}
 
 
