@@ -72,13 +72,13 @@ def test_weighted_tau_equals_scipy_on_the_stored_scores(result):
         assert row["weighted_tau"] == pytest.approx(expected, rel=1e-12)
         assert row["n_models"] == 3
     assert res["mean_weighted_tau"]["lead"] == pytest.approx(
-        np.mean([r["weighted_tau"] for r in res["rows"] if r["dataset"] != "missing"]))
+        np.mean([r["weighted_tau"] for r in res["rows"] if r["dataset"] != "missing" and r["method"] == "lead"]))
 
 
 def test_a_dataset_that_cannot_be_ranked_is_reported_not_fatal(result):
     _, res = result
     assert set(res["failures"]) == {"missing"} and "must be an ImageFolder directory" in res["failures"]["missing"]
-    (row,) = [r for r in res["rows"] if r["dataset"] == "missing"]
+    (row,) = [r for r in res["rows"] if r["dataset"] == "missing" and r["method"] == "lead"]
     assert math.isnan(row["weighted_tau"]) and row["n_models"] == 0
 
 
@@ -86,7 +86,8 @@ def test_parquet_table_figure_and_markdown(result):
     _, res = result
     table = pq.read_table(res["table_path"])
     assert table.schema.equals(BENCH_SCHEMA, check_metadata=False)
-    assert table.num_rows == 3 and set(table.column("dataset").to_pylist()) == {"animals", "digits", "missing"}
+    assert table.num_rows == 6 and set(table.column("dataset").to_pylist()) == {"animals", "digits", "missing"}
+    assert set(table.column("method").to_pylist()) == {"lead", "prior:params"}  # the static prior rides along
     png = open(res["plot_path"], "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "| **mean** |" in res["markdown"] and "| missing | n/a |" in res["markdown"]
@@ -99,7 +100,7 @@ def test_mlflow_bench_run_has_metrics_and_artifacts(result):
     client = MlflowClient(tracking_uri=res["mlflow"]["tracking_uri"])
     run = client.get_run(res["mlflow"]["run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "lead-bench/tiny"
-    tau = {r["dataset"]: r["weighted_tau"] for r in res["rows"]}
+    tau = {r["dataset"]: r["weighted_tau"] for r in res["rows"] if r["method"] == "lead"}
     assert run.data.metrics["tau.lead.animals"] == pytest.approx(tau["animals"])
     assert run.data.metrics["mean_tau.lead"] == pytest.approx(res["mean_weighted_tau"]["lead"])
     assert "tau.lead.missing" not in run.data.metrics
