@@ -15,10 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+import flows.bench  # noqa: F401  Prefect is imported here, not inside a CliRunner call (its log handler would keep that stream)
 from flows.cli import app
-from lead.benchmark import BUILTIN_SUITES_DIR, load_suite
+from lead.benchmark import BUILTIN_SUITES_DIR, evaluate, load_suite
+from lead.scoring.priors import prior_scores
 from lead.scoring.ranking import plan_methods, rank_models
 from lead.trackrecord import Outcome
+from lead.zoo import load_zoo
 from storage.history import query
 from storage.logits import read_logits
 from storage.outcomes import digest, outcome_files, record
@@ -85,6 +88,10 @@ def test_history_reproduces_the_suite_table(store):
             assert tau[(dataset, method)] == pytest.approx(TABLE[method][dataset], abs=1e-9), (dataset, method)
         assert got["mean_weighted_tau"][method] == pytest.approx(sum(TABLE[method].values()) / 4, abs=1e-9)
     assert got["priors"] == ["prior:params", "prior:source-accuracy"]
+    specs = {spec.name: spec for spec in load_zoo(str(SUITE.path))}
+    priors = evaluate(SUITE, {d: prior_scores(list(SUITE.accuracies[d]), specs) for d in SUITE.datasets}, got["priors"])
+    for r in priors:  # the same prior rows as `lead bench --suite offline-fewshot`
+        assert tau[(r["dataset"], r["method"])] == pytest.approx(r["weighted_tau"], abs=1e-12)
     assert got["auto"]["method"] == "logme" and got["auto"]["reason"].startswith("logme has the best track record here")
     from mlflow import MlflowClient
 
@@ -99,6 +106,10 @@ def test_history_reproduces_the_suite_table(store):
 
 
 def test_outcomes_add_bad_values_conflicts_repeats_and_replace(store):
+    empty = cli("bench", "--history", "--store", store)
+    assert empty.exit_code == 2 and empty.output == (
+        "error: bench --history: the track record must have a dataset with outcomes for at least 3 models its latest "
+        "selection scored; got no outcomes. Record them with `lead outcomes add` or `lead outcomes import`.\n")
     base = ("outcomes", "add", "--store", store, "--dataset", "mnist", "--model", "efficientnet_lite0.in1k")
     ok = cli(*base, "--accuracy", 89.0, "--note", "10 epochs")
     assert ok.exit_code == 0 and "recorded efficientnet_lite0.in1k on mnist: accuracy = 89 (percent)" in ok.stdout
