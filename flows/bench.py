@@ -11,6 +11,7 @@ reported, not fatal.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -23,15 +24,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from flows.rank_zoo import artifact_key, parse_methods, rank_zoo
-from lead.benchmark import STATISTICS, evaluate, load_suite, mean_by_method
+from lead.benchmark import STATISTICS, Suite, evaluate, load_suite, mean_by_method
 from lead.config import Settings
 from lead.errors import error_text
 from lead.scoring.priors import PRIORS, prior_scores
+from lead.trackrecord import MIN_MODELS, choose_method, history_suite
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.zoo import load_zoo
 from storage.bench import bench_dir, plot_scores, write_bench_table
 from storage.tracking import RunRecord, Tracker, run_url
 from tasks.score import score_model
+
+LOG = logging.getLogger("lead.bench")
 
 
 def below_prior(rows: list[dict], method: str, dataset: str) -> bool:
@@ -87,6 +91,190 @@ def score_stored(files: dict[str, Path], methods: list[str]) -> dict[str, dict[s
     return out
 
 
+def zoo_specs(zoo: str, logger=None) -> dict:
+    """``{model: zoo entry}`` of ``zoo`` for the static priors; empty (with a warning) when it cannot be read."""
+    if not zoo:
+        return {}
+    try:
+        return {spec.name: spec for spec in load_zoo(zoo)}
+    except Exception as err:  # the priors are reference rows; a zoo that cannot be read only loses them
+        (logger or LOG).warning("static priors left out: %s", err)
+        return {}
+
+
+def evaluate_scores(
+    s: Suite,
+    scores: dict[str, dict[str, dict[str, float]]],
+    method_ids: list[str],
+    settings: Settings,
+    specs: dict | None = None,
+    failures: dict[str, str] | None = None,
+    experiment: str | None = None,
+    tags: dict[str, str] | None = None,
+    logger=None,
+) -> dict:
+    """Evaluate already-computed scores against a suite's accuracies, as ``lead bench`` reports them.
+
+    Adds the static priors (from ``specs``, model -> zoo entry), computes the rank statistics
+    (:func:`lead.benchmark.evaluate`), writes the Parquet table and the figure under
+    ``<store>/bench/suite=<name>/``, the markdown table, and one MLflow run in ``experiment`` (default
+    ``lead-bench/<suite>``) with metrics ``tau.<method>.<dataset>`` and ``mean_tau.<method>``.
+
+    Args:
+        scores: ``scores[dataset][method][model]``; a dataset that could not be scored is absent (its
+            reason in ``failures``). Extended in place with the priors' scores.
+        method_ids: the methods, in report order (the priors are appended).
+        tags: extra tags of the MLflow run.
+    Returns:
+        JSON-able dict: ``run_id``, ``suite``, ``methods``, ``datasets``, ``rows``, ``statistics``,
+        ``mean_weighted_tau``, ``failures``, ``scores``, ``table_path``, ``plot_path``, ``markdown``,
+        ``mlflow`` (``tracking_uri``, and ``experiment_id``, ``run_id``, ``url`` or ``error``), ``published``.
+        A tracking failure is reported in ``mlflow["error"]``, never raised.
+    """
+    logger = logger or LOG
+    failures = dict(failures or {})
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    for name in scores if specs else ():  # the static priors, as reference rows (none without a zoo)
+        for prior, values in prior_scores(list(s.accuracies[name]), specs).items():
+            scores[name][prior] = {k: v for k, v in values.items() if math.isfinite(v)}
+    priors = [p for p in PRIORS if any(p in v for v in scores.values())]
+    rows = evaluate(s, scores, method_ids + priors)
+    for r in rows:
+        if r["dataset"] in failures:
+            r["note"] = failures[r["dataset"]][:500]
+    mean = mean_by_method(rows)
+    created_at = datetime.now(UTC)
+    table_path = write_bench_table(settings.store, s.name, run_id, created_at, rows)
+    plot_path = plot_scores(bench_dir(settings.store, s.name) / f"run={run_id}.png", scores, s.accuracies, rows, method_ids, s.unit)
+    md = markdown_table(rows, method_ids, list(s.datasets), s.published)
+
+    mlflow_info: dict = {"tracking_uri": settings.tracking_uri}
+    try:
+        tracker = Tracker(settings.tracking_uri, artifact_root=settings.store / "mlflow-artifacts")
+        exp = tracker.ensure_experiment(experiment or f"lead-bench/{s.name}")
+        parent = tracker.start_parent(exp, run_name=f"bench-{s.name}-{run_id}", tags={"suite": s.name, "lead_run_id": run_id})
+        metrics = {f"tau.{r['method']}.{r['dataset']}": r["weighted_tau"] for r in rows if math.isfinite(r["weighted_tau"])}
+        metrics.update({f"mean_tau.{m}": v for m, v in mean.items() if math.isfinite(v)})
+        best = max((m for m in method_ids if math.isfinite(mean.get(m, math.nan))), key=lambda m: mean[m], default="")
+        tracker.log_selection(
+            exp, parent,
+            RunRecord(s.name, {"best_method": best, "failed_datasets": ",".join(failures),
+                               **(tags or {})},
+                      {"methods": ",".join(method_ids), "datasets": ",".join(s.datasets), "suite_file": str(s.path)}, metrics),
+            [],
+            artifact={"rows": rows, "mean_weighted_tau": mean, "failures": failures, "scores": scores},
+        )
+        tracker.log_artifacts(parent, [plot_path, table_path], {"weighted_tau.md": md})
+        mlflow_info.update(experiment_id=exp, run_id=parent, url=run_url(settings.tracking_uri, exp, parent))
+    except Exception as err:
+        logger.error("MLflow logging of the bench run failed: %s", err)
+        mlflow_info["error"] = error_text(err)
+    return {
+        "run_id": run_id, "suite": s.name, "methods": method_ids, "datasets": list(s.datasets), "rows": rows,
+        "statistics": list(STATISTICS), "mean_weighted_tau": mean, "failures": failures, "scores": scores,
+        "table_path": str(table_path), "plot_path": str(plot_path), "markdown": md, "mlflow": mlflow_info,
+        "published": s.published,
+    }
+
+
+#: MLflow experiment of the track record (``lead bench --history`` and the nightly run).
+TRACK_RECORD_EXPERIMENT = "lead-track-record"
+
+
+def track_record(
+    store: str | None = None,
+    tracking_uri: str | None = None,
+    zoo: str | None = None,
+    metric: str | None = None,
+    min_models: int = MIN_MODELS,
+) -> dict:
+    """The store's track record, evaluated and reported like a suite (``lead bench --history``).
+
+    Each dataset's latest selection (its scores per model and method, ``storage.history.latest_scores``)
+    is compared with the current outcomes (``storage.outcomes``) on every dataset with outcomes for at
+    least ``min_models`` scored models (:func:`lead.trackrecord.history_suite`), through
+    :func:`evaluate_scores`: the same rows, table, figure and markdown as ``lead bench --suite``, logged
+    as one MLflow run in experiment :data:`TRACK_RECORD_EXPERIMENT` with the tag
+    ``outcomes_digest``.
+
+    Args:
+        zoo: zoo file or built-in name giving the static priors (None: no priors).
+        metric: judge every dataset on this outcome metric (None: per dataset, the most recorded one).
+    Returns:
+        :func:`evaluate_scores`'s dict, plus ``left_out`` ({dataset: why}), ``outcomes_digest``,
+        ``selection_runs`` ({dataset: run id}), ``priors`` (the prior rows present) and ``auto`` (what
+        ``--method auto`` would choose: :meth:`lead.trackrecord.AutoChoice.evidence`).
+    Raises:
+        InputError: no dataset has outcomes for ``min_models`` scored models (the message says what
+            the store holds and how to record outcomes).
+    """
+    from lead.errors import InputError
+    from lead.scoring import DEFAULT_METHODS, METHODS
+    from storage.history import latest_scores
+    from storage.outcomes import current_accuracies, digest
+
+    settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
+    scores, runs, methods = latest_scores(settings.store)
+    outcomes = current_accuracies(settings.store)
+    suite, left_out = history_suite(scores, outcomes, zoo=zoo or "", min_models=min_models, metric=metric)
+    if suite is None:
+        held = "; ".join(f"{d}: {why}" for d, why in left_out.items()) or "no outcomes"
+        raise InputError(f"bench --history: the track record must have a dataset with outcomes for at least {min_models} "
+                         f"models its latest selection scored; got {held}. Record them with `lead outcomes add` or "
+                         "`lead outcomes import`.")
+    sub = {d: {m: dict(v) for m, v in scores[d].items()} for d in suite.datasets}
+    methods = [m for m in methods if any(m in v for v in sub.values())]
+    selections = {d: runs[d] for d in suite.datasets}
+    out_digest = digest(settings.store)
+    result = evaluate_scores(suite, sub, methods, settings=settings, specs=zoo_specs(zoo or ""),
+                             experiment=TRACK_RECORD_EXPERIMENT,
+                             tags={"outcomes_digest": out_digest, "selection_runs": json.dumps(selections)})
+    auto = choose_method(result["rows"], min_datasets=settings.auto_min_datasets, registered=METHODS,
+                         preferred=DEFAULT_METHODS)
+    result.update(left_out=left_out, outcomes_digest=out_digest, selection_runs=selections, auto=auto.evidence(),
+                  accuracies=suite.accuracies, metrics=dict(suite.datasets),
+                  priors=[p for p in PRIORS if any(r["method"] == p for r in result["rows"])])
+    return result
+
+
+def last_logged_digest(tracking_uri: str) -> str | None:
+    """The ``outcomes_digest`` tag of the newest run in :data:`TRACK_RECORD_EXPERIMENT` (None: no run)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(TRACK_RECORD_EXPERIMENT)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].data.tags.get("outcomes_digest") if runs else None
+
+
+def log_track_record_if_changed(store: str | None = None, tracking_uri: str | None = None, zoo: str | None = None) -> dict:
+    """Log the track record as a new MLflow run when the outcomes changed since the last one logged.
+
+    Returns:
+        ``{"status": "logged" | "unchanged" | "empty" | "failed", "outcomes_digest", "run_id" (when logged),
+        "reason"}``; ``empty``: the store has no dataset with enough outcomes yet (nothing logged);
+        ``failed``: MLflow could not be written (the reason; the next call tries again).
+    """
+    from lead.errors import InputError
+    from storage.outcomes import digest, outcome_files
+
+    settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
+    if not outcome_files(settings.store):
+        return {"status": "empty", "outcomes_digest": None, "reason": "no outcomes recorded"}
+    now = digest(settings.store)
+    if last_logged_digest(settings.tracking_uri) == now:
+        return {"status": "unchanged", "outcomes_digest": now, "reason": "outcomes unchanged since the last logged run"}
+    try:
+        result = track_record(store=str(settings.store), tracking_uri=settings.tracking_uri, zoo=zoo)
+    except InputError as err:
+        return {"status": "empty", "outcomes_digest": now, "reason": str(err)}
+    run_id = result["mlflow"].get("run_id")
+    return {"status": "logged" if run_id else "failed", "outcomes_digest": now, "run_id": run_id,
+            "reason": result["mlflow"].get("error", "")}
+
+
 @flow(name="bench", validate_parameters=False)
 def bench(
     suite: str,
@@ -112,12 +300,7 @@ def bench(
     settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
     method_ids = parse_methods(methods)
     s = load_suite(suite)
-    try:
-        specs = {spec.name: spec for spec in load_zoo(s.zoo)}
-    except Exception as err:  # the priors are reference rows; a zoo that cannot be read only loses them
-        logger.warning("static priors left out: %s", err)
-        specs = {}
-    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    specs = zoo_specs(s.zoo, logger)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     failures: dict[str, str] = {}
     selections = {}
@@ -145,49 +328,12 @@ def bench(
         selections[name] = sel["run_id"]
         scores[name] = {m: {x["model"]: x["scores"][m] for x in sel["models"] if m in x["scores"]} for m in method_ids}
 
-    for name in scores:  # the static priors, as reference rows
-        for prior, values in prior_scores(list(s.accuracies[name]), specs).items():
-            scores[name][prior] = {k: v for k, v in values.items() if math.isfinite(v)}
-    priors = [p for p in PRIORS if any(p in v for v in scores.values())]
-    rows = evaluate(s, scores, method_ids + priors)
-    for r in rows:
-        if r["dataset"] in failures:
-            r["note"] = failures[r["dataset"]][:500]
-    mean = mean_by_method(rows)
-    created_at = datetime.now(UTC)
-    table_path = write_bench_table(settings.store, s.name, run_id, created_at, rows)
-    plot_path = plot_scores(bench_dir(settings.store, s.name) / f"run={run_id}.png", scores, s.accuracies, rows, method_ids, s.unit)
-    md = markdown_table(rows, method_ids, list(s.datasets), s.published)
-
-    mlflow_info: dict = {"tracking_uri": settings.tracking_uri}
+    result = evaluate_scores(s, scores, method_ids, settings=settings, specs=specs, failures=failures,
+                             tags={"selection_runs": json.dumps(selections)}, logger=logger)
     try:
-        tracker = Tracker(settings.tracking_uri, artifact_root=settings.store / "mlflow-artifacts")
-        exp = tracker.ensure_experiment(f"lead-bench/{s.name}")
-        parent = tracker.start_parent(exp, run_name=f"bench-{s.name}-{run_id}", tags={"suite": s.name, "lead_run_id": run_id})
-        metrics = {f"tau.{r['method']}.{r['dataset']}": r["weighted_tau"] for r in rows if math.isfinite(r["weighted_tau"])}
-        metrics.update({f"mean_tau.{m}": v for m, v in mean.items() if math.isfinite(v)})
-        best = max((m for m in method_ids if math.isfinite(mean.get(m, math.nan))), key=lambda m: mean[m], default="")
-        tracker.log_selection(
-            exp, parent,
-            RunRecord(s.name, {"best_method": best, "failed_datasets": ",".join(failures),
-                               "selection_runs": json.dumps(selections)},
-                      {"methods": ",".join(method_ids), "datasets": ",".join(s.datasets), "suite_file": str(s.path)}, metrics),
-            [],
-            artifact={"rows": rows, "mean_weighted_tau": mean, "failures": failures, "scores": scores},
-        )
-        tracker.log_artifacts(parent, [plot_path, table_path], {"weighted_tau.md": md})
-        mlflow_info.update(experiment_id=exp, run_id=parent, url=run_url(settings.tracking_uri, exp, parent))
-    except Exception as err:
-        logger.error("MLflow logging of the bench run failed: %s", err)
-        mlflow_info["error"] = error_text(err)
-    try:
-        create_markdown_artifact(markdown=f"# Bench {s.name}: weighted tau\n\n{md}", key=artifact_key("bench", s.name),
+        create_markdown_artifact(markdown=f"# Bench {s.name}: weighted tau\n\n{result['markdown']}", key=artifact_key("bench", s.name),
                                  description=f"Weighted tau per method and dataset on suite {s.name}")
     except Exception as err:
         logger.warning("could not publish the markdown artifact: %s", err)
-    return {
-        "run_id": run_id, "suite": s.name, "methods": method_ids, "datasets": list(s.datasets), "rows": rows,
-        "statistics": list(STATISTICS), "mean_weighted_tau": mean, "failures": failures, "scores": scores,
-        "table_path": str(table_path), "plot_path": str(plot_path), "markdown": md, "mlflow": mlflow_info,
-        "published": s.published, "seconds": time.perf_counter() - started,
-    }
+    result["seconds"] = time.perf_counter() - started
+    return result

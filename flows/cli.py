@@ -31,12 +31,14 @@ from lead.scoring import DEFAULT_METHODS  # noqa: E402  (light: numpy and scipy 
 
 _DEFAULT_METHOD = "default"
 METHOD_HELP = (
-    "Comma-separated transferability scores, 'all', or 'default'; the first one ranks (on a dataset too small "
-    "for it, e.g. under 64 images for gbc, the next one that can). Known: lead, logme, leep, nce, nleep, hscore, "
-    "sfda, gbc, transrate, and rank-aggregation ensembles such as mean-rank:logme:lead. Default: lead,logme: "
-    "chosen by leave-one-target-out over the project's 13 benchmark targets with real fine-tuned accuracies "
-    "(docs/benchmarks.md): LEAD had the best mean weighted tau of the scale-free scores (0.708; the LogME+LEAD "
-    "mean-rank ensemble 0.707, LogME 0.639, GBC 0.462), so LEAD ranks and LogME is computed beside it."
+    "Comma-separated transferability scores, 'all', 'default' or 'auto'; the first one ranks (on a dataset too "
+    "small for it, e.g. under 64 images for gbc, the next one that can). Known: lead, logme, leep, nce, nleep, hscore, "
+    "sfda, gbc, transrate, and rank-aggregation ensembles such as mean-rank:logme:lead. 'auto': the method with the "
+    "best track record in this store (`lead bench --history`) once measured on 3 datasets, else the default. "
+    "Default: lead,logme: chosen by leave-one-target-out over the project's 13 benchmark targets with real "
+    "fine-tuned accuracies (docs/benchmarks.md): LEAD had the best mean weighted tau of the scale-free scores "
+    "(0.708; the LogME+LEAD mean-rank ensemble 0.707, LogME 0.639, GBC 0.462), so LEAD ranks and LogME is "
+    "computed beside it."
 )
 
 def _version(value: bool) -> None:
@@ -193,6 +195,8 @@ def _print_selection(sel: dict) -> None:
         ranks = [m["ranks"][method] for m in sel["models"] if method in m["ranks"]]
         if len(ranks) > 1 and len(set(ranks)) == 1:
             console.print(f"[yellow]{method} gives every model the same score[/yellow]: it does not tell them apart here.")
+    if sel.get("auto"):
+        console.print(f"method auto: ranked by [bold]{sel['primary_method']}[/bold]: {sel['auto']['reason']}")
     tied = sel.get("best_models", [])
     best = f"tie between {', '.join(tied[:-1])} and {tied[-1]}" if len(tied) > 1 else sel["best_model"] or "none"
     console.print(f"best model: [bold]{escape(best)}[/bold]   ({sel['seconds']:.1f} s)")
@@ -239,6 +243,9 @@ def rank(
     max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. (env: LEAD_MAX_WORKERS; default: GPUs, or 2)")] = None,
     num_workers: Annotated[int | None, typer.Option("--num-workers", min=0, help="DataLoader processes decoding images per model. (env: LEAD_NUM_WORKERS; default: min(4, cores))")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db)")] = None,
+    auto_min_datasets: Annotated[int | None, typer.Option("--auto-min-datasets", min=1, help="With --method auto: "
+                                 "datasets of track record a method needs before auto ranks by it. (env: LEAD_AUTO_MIN_DATASETS; "
+                                 "default 3)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the selection as JSON instead of a table.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: DebugOpt = False,
@@ -267,7 +274,10 @@ def rank(
         load_zoo(zoo)
         from flows.rank_zoo import parse_methods
 
-        parse_methods(method)
+        from lead.trackrecord import is_auto
+
+        if not is_auto(method):
+            parse_methods(method)
         from flows.rank_zoo import rank_zoo, task_runner
 
         flow = rank_zoo.with_options(task_runner=task_runner(Settings.from_env(store=store, max_workers=max_workers)))
@@ -275,6 +285,7 @@ def rank(
         sel = flow(
             dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,
             dataset_name=name, device=device, batch_size=batch_size, num_workers=num_workers, show_progress=not as_json and sys.stderr.isatty() or verbose,
+            auto_min_datasets=auto_min_datasets,
         )
     except BaseException as err:
         from lead.extract import CANCEL
@@ -300,7 +311,8 @@ def rank(
 @app.command()
 def history(
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Only selections of this dataset (name or fingerprint).")] = None,
-    sql: Annotated[str | None, typer.Option("--sql", help="A DuckDB query over the views `rankings` and `logits`.")] = None,
+    sql: Annotated[str | None, typer.Option("--sql", help="A DuckDB query over the views `rankings`, `logits`, `outcomes` "
+                                            "and `outcomes_log`.")] = None,
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False,
     debug: DebugOpt = False,
@@ -308,8 +320,10 @@ def history(
     """Past selections, answered by DuckDB over the store's Parquet files.
 
     Without --sql: one line per selection and method with its best model, newest first.
-    With --sql: any query over the views `rankings` (one row per run, model and method) and `logits`
-    (one row per image and model: sample_id, label, features, logits, dataset, model). Example:
+    With --sql: any query over the views `rankings` (one row per run, model and method), `logits`
+    (one row per image and model: sample_id, label, features, logits, dataset, model), `outcomes` (the
+    current real fine-tuned accuracy per dataset, model and metric: `lead outcomes`) and `outcomes_log`
+    (every outcome ever recorded). Example:
 
         lead history --sql "SELECT model, avg(score) FROM rankings WHERE method='lead' GROUP BY model"
     """
@@ -376,6 +390,12 @@ def bench(
                      "sfda-supervised, sfda-self-supervised (these need the internet)."),
     ] = None,
     method: Annotated[str, typer.Option("--method", "-m", help=METHOD_HELP)] = _DEFAULT_METHOD,
+    history: Annotated[bool, typer.Option("--history", help="Instead of a suite: the store's track record, i.e. each "
+                                          "dataset's latest selection against the outcomes recorded with `lead outcomes`.")] = False,
+    zoo: Annotated[str | None, typer.Option("--zoo", "-z", help="With --history: the zoo (file or built-in name) whose "
+                                            "entries give the static priors; without it they are left out.")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="With --history: judge every dataset on this outcome metric "
+                                               "(default: per dataset, the one recorded for the most models).")] = None,
     store: StoreOpt = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI)")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
@@ -389,11 +409,19 @@ def bench(
     brackets where the suite has them), writes it as Parquet under <store>/bench/, saves a figure of score
     against accuracy (a panel per dataset and method) and logs both to an MLflow run in experiment
     lead-bench/<suite>.
+
+    With --history, the suite is the store's own track record: every dataset with outcomes
+    (`lead outcomes add/import`) for at least 3 models scored by its latest selection, judged by the same
+    table, logged to MLflow experiment lead-track-record; `lead rank --method auto` ranks by its best method.
     """
     if ctx.invoked_subcommand is not None:
         return
+    if history:
+        _bench_history(suite, store, tracking_uri, zoo, metric, as_json, debug)
+        return
     if suite is None:
-        typer.secho("error: bench: --suite must be given; got none. See `lead bench --help`.", fg=typer.colors.RED, err=True)
+        typer.secho("error: bench: --suite (or --history) must be given; got neither. See `lead bench --help`.",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     _quiet(verbose)
     from lead.benchmark import load_suite
@@ -461,6 +489,34 @@ def bench_build(
     typer.echo(f"next: lead bench --suite {result['suite']} --method all")
 
 
+def _bench_history(suite, store, tracking_uri, zoo, metric, as_json, debug) -> None:
+    """``lead bench --history``: the track record through the same table as a suite."""
+    from lead.errors import InputError
+
+    if suite is not None:
+        _fail(InputError("bench: --history and --suite must not be given together; got both. Drop one."), debug, code=2)
+    _quiet(False)
+    try:
+        from flows.bench import track_record
+
+        result = track_record(store=str(store) if store else None, tracking_uri=tracking_uri, zoo=zoo, metric=metric)
+    except InputError as err:
+        _fail(err, debug, code=2)
+    except Exception as err:
+        _fail(RuntimeError(f"{type(err).__name__}: {err} (run again with --debug for the traceback)"), debug and err, code=1)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    _print_bench(result)
+    console = _console()
+    for d, why in result["left_out"].items():
+        console.print(f"[yellow]{d} left out[/yellow]: {why}")
+    if not result.get("priors"):
+        console.print("static priors: pass --zoo to compare with them")
+    auto = result["auto"]
+    console.print(f"--method auto would rank by {auto['method'] or 'the default methods'}: {auto['reason']}")
+
+
 def _print_bench(result: dict) -> None:
     import math
 
@@ -503,6 +559,122 @@ def _print_bench(result: dict) -> None:
         console.print(f"MLflow run: {ml['run_id']} in experiment lead-bench/{result['suite']}: {ml['url']}")
     if ml.get("error"):
         console.print(f"[red]MLflow logging failed[/red]: {ml['error']}")
+
+
+# --- outcomes: real fine-tuned accuracies taken back into the store -----------------------------------
+
+outcomes_app = typer.Typer(
+    help=(
+        "Real fine-tuned accuracies of the models you picked, recorded in the store (append-only Parquet, DuckDB "
+        "view `outcomes`). `lead bench --history` measures every method against them and `lead rank --method auto` "
+        "ranks by the best. Values are percentages in [0, 100] unless --unit fraction ([0, 1])."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(outcomes_app, name="outcomes")
+
+UnitOpt = Annotated[str, typer.Option("--unit", help="percent (values in [0, 100], the default) or fraction (values in [0, 1], "
+                                      "e.g. val_acc logged by Keras or Lightning).")]
+ReplaceOpt = Annotated[bool, typer.Option("--replace", help="Record a value that differs from the one recorded for the same "
+                                          "dataset, model and metric (the old one stays in the log). Without it the "
+                                          "command refuses.")]
+
+
+def _report_outcomes(res, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"path": str(res.path) if res.path else None,
+                               "written": [vars(o) for o in res.written], "repeats": [vars(o) for o in res.repeats],
+                               "replaced": {"/".join(k): v for k, v in res.replaced.items()}, "notes": res.notes}))
+        return
+    for o in res.written:
+        old = res.replaced.get(o.key)
+        typer.echo(f"recorded {o.model} on {o.dataset}: {o.metric} = {o.value:g} ({o.unit})"
+                   + (f", replacing {old:g}" if old is not None else ""))
+    for o in res.repeats:
+        typer.echo(f"already recorded {o.model} on {o.dataset}: {o.metric} = {o.value:g} ({o.unit}); not written again")
+    for note in res.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    if res.path:
+        typer.echo(f"outcomes file: {res.path}")
+
+
+@outcomes_app.command("add")
+def outcomes_add(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="The dataset's name as ranked (or its fingerprint).")],
+    model: Annotated[str, typer.Option("--model", help="The model id as in the zoo and the ranking.")],
+    accuracy: Annotated[float, typer.Option("--accuracy", help="The fine-tuned result, in --unit (default percent).")],
+    metric: Annotated[str, typer.Option("--metric", help="Name of the metric.")] = "accuracy",
+    unit: UnitOpt = "percent",
+    note: Annotated[str, typer.Option("--note", help="Free text (protocol, epochs, who).")] = "",
+    replace: ReplaceOpt = False,
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
+    debug: DebugOpt = False,
+):
+    """Record the real fine-tuned accuracy of a model on a dataset this store has ranked.
+
+    An identical repeat is reported and not written again; a different value for the same dataset, model
+    and metric is refused unless --replace. Example: lead outcomes add --dataset pets --model resnet50 --accuracy 93.1
+    """
+    from lead.config import Settings
+    from lead.errors import InputError
+    from lead.trackrecord import Outcome
+    from storage.outcomes import record
+
+    try:
+        res = record(Settings.from_env(store=store).store,
+                     [Outcome(dataset, model, accuracy, metric=metric, unit=unit, note=note, source="cli")],
+                     replace=replace, where="outcomes add")
+    except InputError as err:
+        _fail(err, debug, code=2)
+    _report_outcomes(res, as_json)
+
+
+@outcomes_app.command("import")
+def outcomes_import(
+    experiment: Annotated[str, typer.Option("--experiment", "-e", help="MLflow experiment of the fine-tuning runs.")],
+    metric: Annotated[str, typer.Option("--metric", help="The run metric to import (its last logged value), e.g. val_acc.")],
+    unit: UnitOpt = "percent",
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset of every run (default: each run's tag lead.dataset).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model of every run (default: each run's tag lead.model).")] = None,
+    filter_string: Annotated[str, typer.Option("--filter", help="MLflow search filter, e.g. \"tags.seed = '0'\" or "
+                                               "\"params.lr = '0.01'\".")] = "",
+    replace: ReplaceOpt = False,
+    store: StoreOpt = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI of the fine-tuning runs. "
+                                                     "(env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
+    debug: DebugOpt = False,
+):
+    """Import fine-tuned accuracies from finished MLflow runs (one outcome per run).
+
+    Each run's dataset and model come from its tags lead.dataset and lead.model (or --dataset/--model).
+    All or nothing: an invalid value, an unknown model or dataset, or two runs giving different values for
+    one dataset and model (e.g. several seeds: average them or --filter one) refuses the whole import.
+    """
+    _quiet(False)
+    from lead.config import Settings
+    from lead.errors import InputError
+    from lead.trackrecord import Outcome
+    from storage.outcomes import record
+    from storage.tracking import fine_tuning_results
+
+    try:
+        settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
+        found, skipped = fine_tuning_results(settings.tracking_uri, experiment, metric, dataset=dataset, model=model,
+                                             filter_string=filter_string)
+        if not found:
+            raise InputError(f"outcomes import: experiment {experiment!r} must have finished runs with metric {metric!r} and "
+                             f"a dataset and model; got none usable ({len(skipped)} skipped"
+                             + (f": {skipped[0]}" if skipped else "") + ").")
+        res = record(settings.store, [Outcome(f["dataset"], f["model"], f["value"], metric=metric, unit=unit,
+                                              note=f"run {f['run_name']}", source=f"mlflow:{f['run_id']}") for f in found],
+                     replace=replace, where="outcomes import")
+    except InputError as err:
+        _fail(err, debug, code=2)
+    for line in skipped:
+        typer.secho(f"skipped run {line}", fg=typer.colors.YELLOW, err=True)
+    _report_outcomes(res, as_json)
 
 
 # --- operations: the dataset registry, the watcher, the deployments, set-up and the UIs ------------
@@ -685,7 +857,7 @@ def serve(
 
         settings = Settings.from_env(store=store)
         load_zoo(zoo)
-        methods = "default" if method.strip() == "default" else parse_methods(method)  # the default follows upgrades
+        methods = method.strip() if method.strip() in ("default", "auto") else parse_methods(method)  # resolved per run
         check_cron(cron, timezone)
         url = check_server("serve")
         deployments = build_deployments(zoo=_resolve_zoo(zoo), methods=methods, store=str(settings.store), cron=cron,
@@ -693,7 +865,7 @@ def serve(
     except (InputError, ConnectionError) as err:
         _fail(err, debug, code=1 if isinstance(err, ConnectionError) else 2)
     typer.echo(f"serving on {url}: nightly-rerank/nightly-rerank ({cron}, {timezone}) and rank-zoo/rank-on-new-dataset "
-               f"(on lead.dataset.registered); store {settings.store}, zoo {zoo}, methods {','.join(methods)}")
+               f"(on lead.dataset.registered); store {settings.store}, zoo {zoo}, methods {methods if isinstance(methods, str) else ','.join(methods)}")
     from prefect import serve as prefect_serve
 
     try:

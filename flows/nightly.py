@@ -6,6 +6,9 @@ other. Work whose cache is still valid is skipped inside each sub-flow: an extra
 forward pass, and the scores of unchanged logits files are cached too; only new models, changed
 weights or changed images cost a forward pass. A dataset that fails (its folder moved, all its models
 failed) is reported and the others still run; the flow fails only when every dataset failed.
+
+Last, when the store's outcomes (``lead outcomes``) changed since the last logged track record, the track
+record is logged as its own MLflow run in experiment ``lead-track-record`` (``flows.bench.track_record``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,23 @@ from collections.abc import Sequence
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from flows.bench import log_track_record_if_changed
 from flows.rank_zoo import rank_zoo, task_runner
 from lead.config import Settings
 from lead.errors import error_text
 from storage.registry import list_datasets
+
+
+def _log_track_record(logger, settings: Settings, tracking_uri: str | None, zoo: str) -> dict:
+    """The track record as an MLflow run when the outcomes changed; a failure is logged, never fatal."""
+    try:
+        done = log_track_record_if_changed(store=str(settings.store), tracking_uri=tracking_uri, zoo=zoo)
+    except Exception as err:  # the re-ranking is what the night is for; the track record is a report
+        logger.error("track record not logged: %s: %s", type(err).__name__, err)
+        return {"status": "failed", "reason": str(err)}
+    logger.info("track record: %s%s", done["status"], f" (run {done['run_id']})" if done.get("run_id") else
+                f" ({done['reason']})" if done.get("reason") else "")
+    return done
 
 
 @flow(name="nightly-rerank", validate_parameters=False)
@@ -51,6 +67,7 @@ def nightly_rerank(
     if not entries:
         logger.warning("no datasets registered in %s: nothing to re-rank (register one with `lead datasets add`)",
                        settings.store)
+        _log_track_record(logger, settings, tracking_uri, zoo)
         return {}
     logger.info("re-ranking %d registered dataset(s) of %s with zoo %s", len(entries), settings.store, zoo)
     summary: dict[str, dict] = {}
@@ -75,6 +92,7 @@ def nightly_rerank(
         logger.info("%s: best %s (%d extracted, %d from the cache)%s", entry.name, sel["best_model"],
                     kinds.count("extracted"), kinds.count("cached"),
                     "; content changed since registration" if summary[entry.name]["changed"] else "")
+    _log_track_record(logger, settings, tracking_uri, zoo)
     if all(s["status"] == "failed" for s in summary.values()):
         raise RuntimeError("nightly-rerank: at least one dataset must be ranked; every one failed ("
                            + "; ".join(f"{k}: {v['error']}" for k, v in summary.items()) + ").")

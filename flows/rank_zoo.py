@@ -35,6 +35,7 @@ from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_
 from lead.scoring import get_method
 from lead.scoring.ranking import parse_methods as parse_method_list
 from lead.scoring.ranking import plan_methods, rank_scores
+from lead.trackrecord import is_auto, resolve_auto
 from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import check_cached, logits_path
 from storage.rankings import write_rankings
@@ -60,6 +61,14 @@ def artifact_key(prefix: str, name: str) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes only) for ``name``."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unnamed"
     return f"{prefix}-{slug}"[:100]
+
+
+def resolve_auto_methods(store, min_datasets: int):
+    """``--method auto``: the store's track record (:func:`storage.outcomes.track_record_inputs`) through the
+    pure :func:`lead.trackrecord.resolve_auto`. Returns an :class:`lead.trackrecord.AutoChoice`."""
+    from storage.outcomes import track_record_inputs
+
+    return resolve_auto(*track_record_inputs(store), min_datasets=min_datasets)
 
 
 def parse_methods(methods: Sequence[str] | str | None) -> list[str]:
@@ -92,6 +101,7 @@ def rank_zoo(
     batch_size: int | None = None,
     num_workers: int | None = None,
     show_progress: bool = False,
+    auto_min_datasets: int | None = None,
 ) -> dict:
     """Rank the models of ``zoo`` on ``dataset`` by each method in ``methods`` (the first is primary).
 
@@ -105,6 +115,8 @@ def rank_zoo(
         dataset_name: name recorded for the dataset (default: its folder or file name).
         device, batch_size, num_workers: extraction settings (see ``lead.config``).
         show_progress: draw a progress bar per model on stderr.
+        auto_min_datasets: for ``methods="auto"``: datasets of track record a method needs before it is
+            chosen (default ``$LEAD_AUTO_MIN_DATASETS`` or 3; see :mod:`lead.trackrecord`).
     Returns:
         The selection as a JSON-able dict: ``run_id``, ``dataset``, ``dataset_fingerprint``,
         ``n_samples`` (images read), ``n_listed`` (images listed), ``n_classes``, ``methods``, ``models``
@@ -112,7 +124,7 @@ def rank_zoo(
         ``ranks``), ``best_model`` (the model ranked first; ``tie: a, b`` when several share rank 1),
         ``best_models`` (every model ranked first), ``warnings`` (damaged cache files set aside),
         ``rankings_path``, ``mlflow`` (``tracking_uri``, ``experiment_id``, ``run_id``, ``url``,
-        ``ui_command``, ``error``).
+        ``ui_command``, ``error``), ``auto`` (for ``methods="auto"``: the choice and its evidence, else None).
     Raises:
         InputError/DatasetError: bad dataset, zoo or methods (nothing is run).
         ScoreError: no model could be scored (the failures are still recorded).
@@ -123,6 +135,10 @@ def rank_zoo(
         store=store, tracking_uri=tracking_uri, batch_size=batch_size, num_workers=num_workers,
         **({"device": device} if device else {}),
     )
+    auto = resolve_auto_methods(settings.store, auto_min_datasets or settings.auto_min_datasets) if is_auto(methods) else None
+    if auto is not None:
+        logger.info("--method auto: %s", auto.reason)
+        methods = auto.methods
     parse_methods(methods)  # unknown methods fail before any work
     ds = check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name))
     for note in ds.notes:
@@ -257,7 +273,9 @@ def rank_zoo(
 
     created_at = datetime.now(UTC)
     params = {m: get_method(m).params for m in method_ids}
-    params_json = json.dumps({"methods": method_ids, "params": params}, sort_keys=True)
+    auto_info = {**auto.evidence(), "primary": primary} if auto is not None else None
+    params_json = json.dumps({"methods": method_ids, "params": params, **({"auto": auto_info} if auto else {})},
+                             sort_keys=True)
     rows = []
     for m in ordered:
         for method in method_ids:
@@ -294,6 +312,7 @@ def rank_zoo(
         "warnings": warnings,
         "seconds": None,
         "mlflow": mlflow_info,
+        "auto": auto_info,
     }
 
     if tracker is not None:
@@ -317,8 +336,10 @@ def rank_zoo(
                       "flow_run_id": str(flow_run.id or ""), "lead_run_id": run_id, "n_models": str(len(ordered)),
                       "failed_models": ",".join(failed), "lead_version": __version__,
                       "skipped_images": str(len(skipped)),
-                      **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {})},
+                      **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {}),
+                      **({"auto_method": primary, "auto_evidence": json.dumps(auto_info)} if auto else {})},
                 params={"methods": ",".join(method_ids), "n_samples": str(n_read), "n_classes": str(len(ds.classes)),
+                        **({"auto_min_datasets": str(auto.min_datasets)} if auto else {}),
                         **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v)
                            for meth, p in params.items() for k, v in p.items()}},
                 metrics={f"best_{primary}": ok[0]["scores"][primary]} if ok else {},

@@ -8,6 +8,7 @@
 | ``LEAD_MAX_WORKERS`` | GPUs, or 2 on CPU | concurrent extraction tasks (the bounded thread pool) |
 | ``LEAD_NUM_WORKERS`` | ``min(4, cores)`` | DataLoader worker processes per extraction |
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
+| ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<store>/mlflow.db`` | where selections are recorded |
 """
 
@@ -68,10 +69,13 @@ class Settings:
     num_workers: int
     tracking_uri: str
     max_bad_fraction: float = 0.05
+    auto_min_datasets: int = 3  # lead.trackrecord.AUTO_MIN_DATASETS
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
         """Read the environment, then apply the non-None ``overrides`` (CLI flags)."""
+        from lead.trackrecord import AUTO_MIN_DATASETS
+
         overrides = {k: v for k, v in overrides.items() if v is not None}
         store = Path(overrides.pop("store", None) or os.environ.get("LEAD_STORE") or "lead-store").expanduser().resolve()
         tracking = overrides.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
@@ -83,5 +87,6 @@ class Settings:
             num_workers=_int_env("LEAD_NUM_WORKERS", min(4, os.cpu_count() or 1)),
             tracking_uri=tracking,
             max_bad_fraction=_fraction_env("LEAD_MAX_BAD_FRACTION", 0.05),
+            auto_min_datasets=_int_env("LEAD_AUTO_MIN_DATASETS", AUTO_MIN_DATASETS),
         )
         return replace(s, **overrides)

@@ -169,3 +169,54 @@ class Tracker:
             self.client.log_text(parent_id, json.dumps(artifact, indent=2, default=str), "ranking.json")
         self.client.set_terminated(parent_id, status="FINISHED")
         return child_ids
+
+
+#: Tags that name what a fine-tuning run trained on: ``lead outcomes import`` matches runs by them.
+DATASET_TAG = "lead.dataset"
+MODEL_TAG = "lead.model"
+
+
+def fine_tuning_results(tracking_uri: str, experiment: str, metric: str, dataset: str | None = None,
+                        model: str | None = None, filter_string: str = "") -> tuple[list[dict], list[str]]:
+    """The final value of ``metric`` in every finished run of ``experiment`` (fine-tuning runs tracked in MLflow).
+
+    A run's dataset and model come from ``dataset``/``model`` when given, else from its tags
+    :data:`DATASET_TAG` and :data:`MODEL_TAG`.
+
+    Returns:
+        ``(found, skipped)``: found is one ``{"run_id", "dataset", "model", "value", "run_name"}`` per
+        usable run (the metric's last logged value); skipped is one line per run left out, with why.
+    Raises:
+        InputError: no such experiment, or an invalid ``filter_string`` (MLflow's message).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from lead.errors import InputError
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments(max_results=200))
+        raise InputError(f"outcomes import: experiment must exist in {tracking_uri}; got {experiment!r} "
+                         f"(experiments: {', '.join(names) or 'none'}). Check --experiment and --tracking-uri.")
+    try:
+        runs = client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=50000,
+                                  order_by=["attributes.start_time ASC"])
+    except MlflowException as err:
+        raise InputError(f"outcomes import: --filter must be an MLflow search filter; got {filter_string!r} ({err}).") from err
+    found, skipped = [], []
+    for run in runs:
+        rid = run.info.run_id
+        name = run.info.run_name or rid
+        d = dataset or run.data.tags.get(DATASET_TAG)
+        m = model or run.data.tags.get(MODEL_TAG)
+        if run.info.status != "FINISHED":
+            skipped.append(f"{name} ({rid}): status {run.info.status}, not FINISHED")
+        elif metric not in run.data.metrics:
+            skipped.append(f"{name} ({rid}): no metric {metric!r}")
+        elif not d or not m:
+            skipped.append(f"{name} ({rid}): no tag {DATASET_TAG if not d else MODEL_TAG} (or pass --dataset/--model)")
+        else:
+            found.append({"run_id": rid, "run_name": name, "dataset": d, "model": m, "value": run.data.metrics[metric]})
+    return found, skipped
