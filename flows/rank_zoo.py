@@ -33,6 +33,7 @@ from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError
 from lead.evaluation import competition_ranks
+from lead.extract import CANCEL
 from lead.scoring import DEFAULT_METHODS, METHODS, get_method
 from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import is_complete, logits_path
@@ -245,6 +246,8 @@ def rank_zoo(
     ok = [m for m in ordered if m["status"] == "ok"]
     best = ok[0]["model"] if ok else ""
 
+    if CANCEL.is_set():  # stopped (Ctrl-C, SIGTERM): what finished is cached; no half-made selection is recorded
+        raise InterruptedError(f"rank_zoo: the ranking of {ds.name!r} was interrupted; nothing is recorded.")
     created_at = datetime.now(UTC)
     params = {m: get_method(m).params for m in method_ids}
     params_json = json.dumps({"methods": method_ids, "params": params}, sort_keys=True)
