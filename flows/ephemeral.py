@@ -51,7 +51,8 @@ def ensure_api() -> str | None:
     tied to the calling thread. It stops at this process's exit (``atexit``), on SIGKILL by the kernel.
 
     Raises:
-        RuntimeError: the server exited or did not answer within Prefect's startup timeout.
+        RuntimeError: the server exited, or did not answer within Prefect's startup timeout (at least
+            flows.ui.START_TIMEOUT_S).
     """
     global _server
     from prefect.settings import (
@@ -64,9 +65,11 @@ def ensure_api() -> str | None:
         return None
     from prefect.context import refresh_global_settings_context
 
-    from flows.ui import UIError, free_port, prefect_health_url, wait_http
+    from flows.ui import START_TIMEOUT_S, UIError, free_port, prefect_health_url, wait_http
 
-    timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    # Prefect's own wait counts only its 0.1 s sleeps against this setting (20 s), so it waits far longer
+    # in wall time; a fresh database on a busy 2-core box took over 20 s here. At least START_TIMEOUT_S.
+    timeout = max(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()), START_TIMEOUT_S)
     for _ in range(PORT_TRIES):
         port = free_port()
         proc = subprocess.Popen(_command(port), env=_environment(), stdin=subprocess.DEVNULL,
