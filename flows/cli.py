@@ -740,6 +740,9 @@ def serve(
                f"(on lead.dataset.registered); store {settings.store}, zoo {zoo}, methods {','.join(methods)}")
     from prefect import serve as prefect_serve
 
+    from flows import EXIT_WITH_ENV
+
+    os.environ[EXIT_WITH_ENV] = str(os.getpid())  # the flow-run processes end with this one (flows/__init__.py)
     try:
         prefect_serve(*deployments, limit=limit)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -131,7 +132,10 @@ class Tracker:
         """Create the parent run of a selection (status RUNNING, tag ``lead.owner``); returns its run id.
         First ends, as KILLED, the runs of earlier rankings on this host whose process is gone."""
         with self._lock:
-            self._end_dead_runs()
+            try:
+                self._end_dead_runs()
+            except Exception as err:  # housekeeping: it must not cost this ranking its tracking
+                logging.getLogger(__name__).warning("could not end the runs of stopped rankings: %s", err)
             run = self._create_run(experiment_id, run_name, tags)
         return run.info.run_id
 
