@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lead-tests-prefect-")
@@ -50,7 +51,6 @@ def nothing_left_running():
     which end with it) are stopped first. Linux only (/proc, prctl); elsewhere it checks nothing.
     """
     import signal
-    import sys
     import time
 
     if not sys.platform.startswith("linux"):
@@ -90,15 +90,57 @@ def nothing_left_running():
                     f"the session (now killed): " + "; ".join(f"{p}: {c}" for p, c in named.items()), pytrace=False)
 
 
+#: A guard process: on SIGUSR1 (the parent-death signal it asks for) it kills the pids it was given.
+GUARD = """
+import os, signal, sys
+def end(*_):
+    for pid in map(int, sys.argv[1:]):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+signal.signal(signal.SIGUSR1, end)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def guard(pids: list[int]):
+    """Start a process that kills ``pids`` if pytest ends without its teardown (SIGKILL, or the SIGTERM of a
+    cancelled CI job, which runs no atexit): Prefect's test server is Prefect's subprocess, started without
+    a parent-death signal. Returns the guard's Popen; kill it (SIGKILL: no handler) once the pids have ended."""
+    import signal
+    import subprocess
+
+    from lead.processes import die_with_parent
+
+    proc = subprocess.Popen([sys.executable, "-c", GUARD, *map(str, pids)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent(signal.SIGUSR1))
+    proc.stdout.readline()  # its handler is installed
+    return proc
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """The real Prefect ephemeral API for the whole session (about 10 s to start)."""
+    """The real Prefect ephemeral API for the whole session (about 10 s to start), guarded: its server ends
+    with pytest however pytest ends."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    from lead.processes import descendants
+
+    before = set(descendants())
     with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
+        guard_proc = guard([p for p in descendants() if p not in before]) if sys.platform.startswith("linux") else None
+        try:
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield
+        finally:
+            if guard_proc is not None:
+                guard_proc.kill()
+                guard_proc.wait()
 
 
 def write_image_folder(root: Path, images, labels) -> Path:
