@@ -90,28 +90,42 @@ def _quiet(verbose: bool) -> None:
 
 
 def _terminate_children() -> None:
-    """SIGTERM this process's child processes (the ephemeral Prefect server, the DataLoader fork server),
-    which an immediate exit would otherwise leave running. Linux (/proc) only; elsewhere a no-op."""
-    import signal
+    """SIGTERM every process below this one (the temporary Prefect server, the DataLoader fork server and
+    its workers), which an immediate exit would otherwise leave running. Linux (/proc) only; elsewhere a
+    no-op. (They would also end by themselves: see lead.processes.)"""
+    from lead.processes import descendants, signal_all
 
-    me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == me:
-                os.kill(int(stat.parent.name), signal.SIGTERM)
-        except (OSError, ValueError, IndexError):
-            continue
+    signal_all(descendants())
 
 
 INTERRUPTED = "interrupted: finished logits files are kept; run the same command again to resume."
 
+#: Exit status after a stop by signal: 128 + the signal's number, as a shell reports it (130 for Ctrl-C).
+_STOPPED_BY: dict[str, int] = {"status": 130}
+
+
+def _end_runs_killed() -> None:
+    """Mark the MLflow runs this process started and has not ended as KILLED (a stopped ranking is not
+    a finished selection); a failure here is left to the next ranking on the store, which ends runs whose
+    process is gone (storage.tracking.Tracker.end_dead_runs)."""
+    if "storage.tracking" not in sys.modules:  # no run was started
+        return
+    from storage.tracking import Tracker
+
+    try:
+        Tracker.end_open_runs("KILLED")
+    except Exception as err:  # noqa: BLE001 - the stop must go on
+        sys.stderr.write(f"MLflow: could not mark the run KILLED ({type(err).__name__}: {err}); the next ranking on "
+                         "this store marks it\n")
+
 
 def _interrupted():
-    """Stop after an interruption: children terminated, one line, exit status 130."""
+    """Stop after an interruption: MLflow runs ended as KILLED, children terminated, one line, exit status
+    128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    _end_runs_killed()
     _terminate_children()
     typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
-    raise typer.Exit(130)
+    raise typer.Exit(_STOPPED_BY["status"])
 
 
 #: Seconds a Ctrl-C leaves running extractions to stop after their current batch and remove their
@@ -119,11 +133,16 @@ def _interrupted():
 INTERRUPT_GRACE_S = 3.0
 
 
-def _cancel_on_interrupt() -> None:
-    """On Ctrl-C stop promptly and cleanly: running extractions stop after their current batch (their
-    temporary files are removed; finished logits files stay for the rerun), then the process exits with
-    status 130. Unwinding through Prefect instead took minutes here, because Ctrl-C also stops the
-    ephemeral Prefect server and the client retries it. A second Ctrl-C exits at once."""
+def _cancel_on_interrupt():
+    """On Ctrl-C (SIGINT) or SIGTERM (timeout, systemd, Docker, CI cancellation) stop promptly and cleanly:
+    running extractions stop after their current batch (their temporary files are removed; finished logits
+    files stay for the rerun), the MLflow runs of this process end as KILLED, the processes it started are
+    terminated, and it exits with status 130 (SIGINT) or 143 (SIGTERM). Unwinding through Prefect instead
+    took minutes here, because Ctrl-C also stops the ephemeral Prefect server and the client retries it.
+    A second signal exits at once (the processes it started still end: lead.processes.die_with_parent).
+
+    Returns a function that puts the previous handlers back (for in-process callers such as tests).
+    """
     import signal
     import threading
     import time
@@ -132,19 +151,50 @@ def _cancel_on_interrupt() -> None:
 
     def leave():
         time.sleep(INTERRUPT_GRACE_S)
+        _end_runs_killed()
         _terminate_children()
         sys.stderr.write(INTERRUPTED + "\n")
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(_STOPPED_BY["status"])
 
     def handler(signum, frame):
         if CANCEL.is_set():
-            os._exit(130)
+            os._exit(_STOPPED_BY["status"])
+        _STOPPED_BY["status"] = 128 + signum
         CANCEL.set()
         sys.stderr.write("\ninterrupting: stopping the extractions after their current batch...\n")
         threading.Thread(target=leave, daemon=True).start()
 
-    signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
+
+
+def _run_flow(flow, **params):
+    """Run ``flow(**params)`` in a helper thread while the main thread waits and takes the signals.
+
+    In the main thread Prefect's flow engine replaces the SIGTERM handler with its own, which unwinds
+    through the task runner: it waits for every running extraction to finish before anything else
+    happens. From a helper thread Prefect cannot install it, so SIGTERM takes the same path as Ctrl-C.
+    The thread runs in a copy of this context (Prefect's settings, e.g. a test harness's API URL).
+    """
+    import contextvars
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = flow(**params)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name="lead-flow", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _console():
@@ -264,6 +314,7 @@ def rank(
     from lead.errors import DatasetError, InputError, ModelLoadError, ScoreError
     from lead.zoo import load_zoo
 
+    restore = lambda: None  # noqa: E731 - the signal handlers to put back
     try:
         # Check the cheap things before a flow run starts, so mistakes cost a second, not a server start.
         settings = Settings.from_env(store=store)
@@ -281,17 +332,22 @@ def rank(
         from flows.rank_zoo import rank_zoo, task_runner
 
         flow = rank_zoo.with_options(task_runner=task_runner(Settings.from_env(store=store, max_workers=max_workers)))
-        _cancel_on_interrupt()
-        sel = flow(
-            dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,
+        restore = _cancel_on_interrupt()
+        from flows.ephemeral import ensure_api
+
+        ensure_api()  # a temporary Prefect server that ends with this process, if none is configured
+        sel = _run_flow(
+            flow, dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,
             dataset_name=name, device=device, batch_size=batch_size, num_workers=num_workers, show_progress=not as_json and sys.stderr.isatty() or verbose,
             auto_min_datasets=auto_min_datasets,
         )
+        restore()
     except BaseException as err:
         from lead.extract import CANCEL
 
         if CANCEL.is_set() or isinstance(err, KeyboardInterrupt):  # the failures are the interruption
             _interrupted()
+        restore()
         if isinstance(err, (InputError, DatasetError, ModelLoadError, ScoreError)):
             _fail(err, debug, code=2 if isinstance(err, InputError) else 1)
         if not isinstance(err, Exception):
@@ -433,7 +489,9 @@ def bench(
 
         methods = parse_methods(method)
         from flows.bench import bench as bench_flow
+        from flows.ephemeral import ensure_api
 
+        ensure_api()  # a temporary Prefect server that ends with this process, if none is configured
         result = bench_flow(suite=suite, methods=methods, store=str(store) if store else None, tracking_uri=tracking_uri,
                             device=device, show_progress=not as_json and sys.stderr.isatty())
     except InputError as err:
@@ -477,7 +535,9 @@ def bench_build(
             except (OSError, yaml.YAMLError) as err:
                 raise InputError(f"bench build: --config must be a readable YAML file; got {err}.") from err
         from flows.build_benchmark import build_benchmark
+        from flows.ephemeral import ensure_api
 
+        ensure_api()  # a temporary Prefect server that ends with this process, if none is configured
         result = build_benchmark(config=cfg, out=str(out), work=str(work), show_progress=sys.stderr.isatty())
     except InputError as err:
         _fail(err, debug, code=2)
@@ -868,6 +928,9 @@ def serve(
                f"(on lead.dataset.registered); store {settings.store}, zoo {zoo}, methods {methods if isinstance(methods, str) else ','.join(methods)}")
     from prefect import serve as prefect_serve
 
+    from flows import EXIT_WITH_ENV
+
+    os.environ[EXIT_WITH_ENV] = str(os.getpid())  # the flow-run processes end with this one (flows/__init__.py)
     try:
         prefect_serve(*deployments, limit=limit)
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from lead import __version__
 from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
+from lead.extract import CANCEL
 from lead.scoring import get_method
 from lead.scoring.ranking import parse_methods as parse_method_list
 from lead.scoring.ranking import plan_methods, rank_scores
@@ -271,6 +272,8 @@ def rank_zoo(
     best_models = [m["model"] for m in ok if m["ranks"].get(primary) == 1]
     best = best_model_text(best_models)
 
+    if CANCEL.is_set():  # stopped (Ctrl-C, SIGTERM): what finished is cached; no half-made selection is recorded
+        raise InterruptedError(f"rank_zoo: the ranking of {ds.name!r} was interrupted; nothing is recorded.")
     created_at = datetime.now(UTC)
     params = {m: get_method(m).params for m in method_ids}
     auto_info = {**auto.evidence(), "primary": primary} if auto is not None else None

@@ -2,7 +2,10 @@
 
 ``run_uis`` is ``lead ui``; the helpers (``start_prefect_server``, ``start_mlflow_ui``, ``wait_http``,
 ``stop``) are also what the real-server test and ``docs/screenshots.py`` use. Each server runs in its own
-process group, so stopping it stops its children too (uvicorn workers, MLflow's gunicorn/uvicorn).
+process group, so stopping it stops its children too (uvicorn workers, MLflow's gunicorn/uvicorn), and
+gets SIGTERM from the kernel when the process that started it ends, even by SIGKILL
+(``lead.processes.die_with_parent``; MLflow's server forwards it to its uvicorn). Start them from the
+main thread: the kernel ties that signal to the starting thread.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
+
+from lead.processes import die_with_parent
 
 #: Seconds to wait for a server to answer its health check (a cold Prefect start on a busy 2-core box
 #: took 8-20 s here, MLflow 5-20 s).
@@ -68,7 +73,7 @@ def _start(cmd: list[str], env: dict[str, str], log: Path | None) -> subprocess.
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent())
     finally:
         if log:
             out.close()

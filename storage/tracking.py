@@ -8,12 +8,19 @@ Parent run: experiment ``lead/<dataset name>``; tags ``dataset``, ``dataset_fing
 ``flow_run_id``, ``failed_models``; params are the methods' knobs; artifact ``ranking.json``. Child
 run per model: tags ``model``, ``arch``, ``weights``, ``status`` (and ``error``); params the model's preprocessing; one metric per method (its score)
 plus ``rank_<method>``.
+
+End states: FINISHED (children of failed models FAILED) when the selection is logged; KILLED when the
+ranking is stopped (Ctrl-C, SIGTERM: ``Tracker.end_open_runs``) or was killed outright (SIGKILL, a
+crash): every run carries the tag ``lead.owner`` (``host:pid:start-time`` of the process that created
+it), and the next ranking on the store ends the RUNNING runs whose owner on this host is gone
+(``Tracker.end_dead_runs``). Runs owned by another host are left as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -33,6 +40,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_TAG_LENGTH = 5000
+#: Tag naming the process that created a run (lead.processes.owner_tag).
+OWNER_TAG = "lead.owner"
+#: Seconds an interrupted ranking waits for the store's lock to mark its runs KILLED (the next ranking
+#: on the store does it otherwise).
+END_LOCK_TIMEOUT_S = 5.0
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -76,6 +88,8 @@ class Tracker:
 
     #: Seconds to wait for another process's MLflow write before giving up.
     LOCK_TIMEOUT_S = 300
+    #: Runs this process created and has not ended: run id -> the Tracker that created it.
+    _open: dict[str, Tracker] = {}
 
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         from filelock import FileLock
@@ -115,10 +129,58 @@ class Tracker:
             return exp.experiment_id
 
     def start_parent(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
-        """Create the parent run of a selection (status RUNNING); returns its run id."""
+        """Create the parent run of a selection (status RUNNING, tag ``lead.owner``); returns its run id.
+        First ends, as KILLED, the runs of earlier rankings on this host whose process is gone."""
         with self._lock:
-            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+            try:
+                self._end_dead_runs()
+            except Exception as err:  # housekeeping: it must not cost this ranking its tracking
+                logging.getLogger(__name__).warning("could not end the runs of stopped rankings: %s", err)
+            run = self._create_run(experiment_id, run_name, tags)
         return run.info.run_id
+
+    def _create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]):
+        from lead.processes import owner_tag
+
+        run = self.client.create_run(experiment_id, run_name=run_name, tags={**tags, OWNER_TAG: owner_tag()})
+        Tracker._open[run.info.run_id] = self
+        return run
+
+    def _end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+        Tracker._open.pop(run_id, None)
+
+    @classmethod
+    def end_open_runs(cls, status: str = "KILLED", lock_timeout_s: float = END_LOCK_TIMEOUT_S) -> list[str]:
+        """End every run this process created and has not ended with ``status`` (children before their
+        parent); returns their ids. Waits at most ``lock_timeout_s`` for the store's lock."""
+        ended = []
+        for run_id, tracker in reversed(list(cls._open.items())):  # newest first: children before their parent
+            acquire = getattr(tracker._lock, "acquire", None)
+            with acquire(timeout=lock_timeout_s) if acquire else contextlib.nullcontext():
+                tracker._end(run_id, status)
+            ended.append(run_id)
+        return ended
+
+    def end_dead_runs(self) -> list[str]:
+        """End as KILLED the RUNNING runs of this store whose creating process (tag ``lead.owner``) ran on
+        this host and is gone (a SIGKILL, a crash, a power cut); returns their ids."""
+        with self._lock:
+            return self._end_dead_runs()
+
+    def _end_dead_runs(self) -> list[str]:
+        from lead.processes import owner_alive
+
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiments:
+            return []
+        ended = []
+        for run in self.client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000):
+            owner = run.data.tags.get(OWNER_TAG)
+            if owner and owner_alive(owner) is False:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                ended.append(run.info.run_id)
+        return ended
 
     def log_artifacts(self, run_id: str, paths: list[Path], texts: dict[str, str] | None = None) -> None:
         """Upload files and small texts (name -> content) as artifacts of ``run_id``."""
@@ -147,27 +209,32 @@ class Tracker:
     ) -> dict[str, str]:
         """Log a whole selection: the parent's record, one child run per model, the ranking artifact.
 
-        Returns {model name: child run id}. Marks every run FINISHED (children of failed models FAILED).
+        Returns {model name: child run id}. Marks every run FINISHED (children of failed models FAILED);
+        if logging fails part-way, the runs created so far are marked FAILED (as far as the store lets).
         """
         with self._lock:
-            return self._log_selection(experiment_id, parent_id, parent, children, artifact)
+            try:
+                return self._log_selection(experiment_id, parent_id, parent, children, artifact)
+            except Exception:
+                for run_id in [r for r in reversed(list(Tracker._open)) if Tracker._open[r] is self]:
+                    with contextlib.suppress(Exception):
+                        self._end(run_id, "FAILED")
+                raise
 
     def _log_selection(self, experiment_id, parent_id, parent, children, artifact) -> dict[str, str]:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         child_ids = {}
         for child in children:
-            run = self.client.create_run(
-                experiment_id, run_name=child.name, tags={MLFLOW_PARENT_RUN_ID: parent_id, **child.tags}
-            )
+            run = self._create_run(experiment_id, child.name, {MLFLOW_PARENT_RUN_ID: parent_id, **child.tags})
             self.log(run.info.run_id, RunRecord(child.name, {}, child.params, child.metrics))
             status = "FAILED" if child.tags.get("status") == "failed" else "FINISHED"
-            self.client.set_terminated(run.info.run_id, status=status)
+            self._end(run.info.run_id, status)
             child_ids[child.name] = run.info.run_id
         self.log(parent_id, parent)
         if artifact is not None:
             self.client.log_text(parent_id, json.dumps(artifact, indent=2, default=str), "ranking.json")
-        self.client.set_terminated(parent_id, status="FINISHED")
+        self._end(parent_id, "FINISHED")
         return child_ids
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lead-tests-prefect-")
@@ -26,15 +27,120 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 
+#: prctl option making this process adopt its orphaned descendants (<linux/prctl.h>).
+PR_SET_CHILD_SUBREAPER = 36
+#: Seconds the processes a test started get to end before the session counts them as leaked.
+REAP_GRACE_S = 10.0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    except OSError:
+        return "?"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running():
+    """The session leaves no process running: at its end, every process the tests started (any descendant
+    of pytest, including orphans: pytest is made their subreaper, so a process whose parent was killed is
+    still counted) must have ended; those alive after REAP_GRACE_S are killed and the session fails.
+
+    Set up before every other session fixture, so it checks after they are torn down (the Prefect test
+    server). Python's own helpers of this process (the multiprocessing fork server and resource tracker,
+    which end with it) are stopped first. Linux only (/proc, prctl); elsewhere it checks nothing.
+    """
+    import signal
+    import time
+
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    import ctypes
+
+    from lead.processes import descendants
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    before = set(descendants())
+    yield
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
+        try:
+            helper._stop()  # private but stable since 3.8; what CPython's own tests call
+        except Exception:  # noqa: BLE001 - best effort; anything left is reported below
+            pass
+    deadline = time.monotonic() + REAP_GRACE_S
+    while (left := [p for p in descendants() if p not in before]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    named = {p: _cmdline(p) for p in left}
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    while True:  # reap the orphans adopted as subreaper, so none stays a zombie
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    if left:
+        pytest.fail(f"the tests must leave no process running; got {len(left)} still alive {REAP_GRACE_S:.0f} s after "
+                    f"the session (now killed): " + "; ".join(f"{p}: {c}" for p, c in named.items()), pytrace=False)
+
+
+#: A guard process: on SIGUSR1 (the parent-death signal it asks for) it kills the pids it was given.
+GUARD = """
+import os, signal, sys
+def end(*_):
+    for pid in map(int, sys.argv[1:]):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+signal.signal(signal.SIGUSR1, end)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def guard(pids: list[int]):
+    """Start a process that kills ``pids`` if pytest ends without its teardown (SIGKILL, or the SIGTERM of a
+    cancelled CI job, which runs no atexit): Prefect's test server is Prefect's subprocess, started without
+    a parent-death signal. Returns the guard's Popen; kill it (SIGKILL: no handler) once the pids have ended."""
+    import signal
+    import subprocess
+
+    from lead.processes import die_with_parent
+
+    proc = subprocess.Popen([sys.executable, "-c", GUARD, *map(str, pids)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent(signal.SIGUSR1))
+    proc.stdout.readline()  # its handler is installed
+    return proc
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """The real Prefect ephemeral API for the whole session (about 10 s to start)."""
+    """The real Prefect ephemeral API for the whole session (about 10 s to start), guarded: its server ends
+    with pytest however pytest ends."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    from lead.processes import descendants
+
+    before = set(descendants())
     with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
+        guard_proc = guard([p for p in descendants() if p not in before]) if sys.platform.startswith("linux") else None
+        try:
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield
+        finally:
+            if guard_proc is not None:
+                guard_proc.kill()
+                guard_proc.wait()
 
 
 def write_image_folder(root: Path, images, labels) -> Path:

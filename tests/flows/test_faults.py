@@ -148,6 +148,58 @@ def test_names_that_would_escape_the_store_are_refused(tmp_path, tiny_dataset):
     assert not (tmp_path / "logits").exists()
 
 
+def _state(pid: int) -> str | None:
+    """The process's state letter from /proc (Z: ended, not yet reaped), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def running(pids: list[int]) -> list[int]:
+    return [p for p in pids if _state(p) not in (None, "Z")]
+
+
+def cmdlines(pids: list[int]) -> list[str]:
+    out = []
+    for p in pids:
+        try:
+            out.append(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            out.append("")
+    return out
+
+
+def descendants_of_a_ranking(pid: int) -> list[int]:
+    """The processes below a running ``lead rank``: its temporary Prefect server and its DataLoader fork
+    server at least (checked, so the test cannot pass on an empty list)."""
+    from lead.processes import descendants
+
+    pids = descendants(pid)
+    names = cmdlines(pids)
+    assert any("prefect.server.api.server:create_app" in c for c in names), names
+    assert any("multiprocessing.forkserver" in c for c in names), names
+    return pids
+
+
+def seconds_until_gone(pids: list[int], timeout_s: float = 10.0) -> float:
+    """Seconds until none of ``pids`` runs; fails naming the survivors after ``timeout_s``."""
+    started = time.monotonic()
+    while running(pids):
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"processes must end with the ranking; alive {timeout_s:.0f} s later: "
+                        f"{cmdlines(running(pids))}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def mlflow_runs(store: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time"])
+
+
 def lead_rank(*args, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_LOGGING_LEVEL": "ERROR"}
     return subprocess.Popen([LEAD, "rank", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -195,19 +247,29 @@ def test_a_killed_run_leaves_no_partial_file_and_the_rerun_reuses_what_finished(
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the ranking finished before it could be interrupted"
+    below = descendants_of_a_ranking(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    seconds_until_gone(below)  # the Prefect server, the fork server and its DataLoader workers (measured: 3 s)
     finished = list((store / "logits").rglob("part-*.parquet"))
     assert [f.parent.name for f in finished] == ["model=efficientnet_lite0.in1k"]
     # the half-written file is invisible to the store's readers
     assert query(store, "SELECT DISTINCT model FROM logits").to_pylist() == [{"model": "efficientnet_lite0.in1k"}]
     assert query(store, "SELECT count(*) AS n FROM rankings").to_pylist() == [{"n": 0}]
+    [killed] = mlflow_runs(store)
+    assert killed.info.status == "RUNNING"  # nothing could end it; the next ranking on the store does
     rerun = rank_zoo(dataset="animal-mnist-fewshot", zoo=str(zoo), store=str(store))
     status = {m["model"]: m["extraction"]["status"] for m in rerun["models"]}
     assert status == {"efficientnet_lite0.in1k": "cached", "efficientnet_lite2.in1k": "extracted"}
+    runs = mlflow_runs(store)
+    assert [(r.info.run_id, r.info.status) for r in runs[:2]] == [(killed.info.run_id, "KILLED"),
+                                                                 (rerun["mlflow"]["run_id"], "FINISHED")]
+    assert [r.info.status for r in runs[2:]] == ["FINISHED", "FINISHED"]  # the rerun's child per model
+    assert runs[0].info.end_time is not None
 
 
-def test_ctrl_c_stops_promptly_and_cleanly(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_stop_promptly_and_cleanly(tmp_path, sig, status):
     store = tmp_path / "store"
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0, size=96), lite_entry(1, size=96)])
     proc = lead_rank("-d", "animal-mnist-fewshot", "-z", str(zoo), "--store", str(store), "--batch-size", "4")
@@ -217,13 +279,18 @@ def test_ctrl_c_stops_promptly_and_cleanly(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the ranking finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    below = descendants_of_a_ranking(proc.pid)
+    proc.send_signal(sig)
     started = time.time()
     out = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 130, out
+    assert proc.returncode == status, out
     assert time.time() - started < 20
     assert "interrupted: finished logits files are kept; run the same command again to resume." in out
     assert not list((store / "logits").rglob("*.tmp"))
+    seconds_until_gone(below)  # the Prefect server, the fork server and its workers (measured: gone on exit, 3.3 s)
+    # nothing half-made: the selection is ended as KILLED in MLflow and is not in the rankings table
+    assert [(r.info.status, r.info.end_time is not None) for r in mlflow_runs(store)] == [("KILLED", True)]
+    assert query(store, "SELECT count(*) AS n FROM rankings").to_pylist() == [{"n": 0}]
 
 
 def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path, tiny_dataset, capsys):
