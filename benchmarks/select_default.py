@@ -51,12 +51,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 SUITES = ("offline-fewshot", "offline-broad")
 
 #: LEAD variants (keyword arguments of lead_score); "lead" itself is the registered default.
+#: Since issue #18 the default initial state is the closed-form ridge probe (alpha = 1); the logistic one
+#: (C = 100, the default of issue #12) and its C grid stay as candidates.
 LEAD_VARIANTS = {
-    "lead[C=0.1]": {"logreg_c": 0.1},
-    "lead[C=1]": {"logreg_c": 1.0},
-    "lead[C=10]": {"logreg_c": 10.0},
-    "lead[C=1000]": {"logreg_c": 1000.0},
-    "lead[raw-features]": {"normalize": "none", "kernel": "sampled", "logreg_c": 1.0},  # the previous default (scale-dependent)
+    "lead[ridge-alpha=0.01]": {"ridge_alpha": 0.01},
+    "lead[ridge-alpha=0.1]": {"ridge_alpha": 0.1},
+    "lead[ridge-alpha=0.3]": {"ridge_alpha": 0.3},
+    "lead[ridge-alpha=3]": {"ridge_alpha": 3.0},
+    "lead[ridge-alpha=10]": {"ridge_alpha": 10.0},
+    "lead[logreg]": {"initial": "logreg"},  # the default of issue #12 (C = 100)
+    "lead[C=0.1]": {"initial": "logreg", "logreg_c": 0.1},
+    "lead[C=1]": {"initial": "logreg", "logreg_c": 1.0},
+    "lead[C=10]": {"initial": "logreg", "logreg_c": 10.0},
+    "lead[C=1000]": {"initial": "logreg", "logreg_c": 1000.0},
+    "lead[raw-features]": {"initial": "logreg", "normalize": "none", "kernel": "sampled", "logreg_c": 1.0},  # issue #8's default (scale-dependent)
 }
 #: Rank-aggregation ensembles: the registered ones (lead.scoring.ENSEMBLES, e.g. mean-rank:logme:lead).
 ENSEMBLES = {name: (get_method(name).members, get_method(name).how) for name in REGISTERED_ENSEMBLES}

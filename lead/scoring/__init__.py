@@ -9,7 +9,6 @@ them with their reference implementations.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from lead.errors import InputError
 from lead.scoring.gbc import N_COMPONENTS, gbc
 from lead.scoring.hscore import hscore
-from lead.scoring.lead import LeadResult, lead_details, lead_score
+from lead.scoring.lead import LeadParams, LeadResult, lead_details, lead_score
 from lead.scoring.leep import leep
 from lead.scoring.logme import logme
 from lead.scoring.nce import nce
@@ -116,9 +115,8 @@ register(
         fn=lead_score,
         needs_features=True,
         needs_logits=False,
-        # every knob with its default, so rankings and MLflow record the values used
-        params={k: p.default for k, p in inspect.signature(lead_score).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "logits"},
+        # every knob with its default (LeadParams, the one definition), so rankings and MLflow record the values used
+        params=LeadParams().as_params(),
         reference="Hu et al., LEAD: Exploring Logit Space Evolution for Model Selection, CVPR 2024",
     )
 )
@@ -263,6 +261,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "ENSEMBLES",
     "METHODS",
+    "LeadParams",
     "LeadResult",
     "Method",
     "gbc",

@@ -2,11 +2,14 @@
 
 Source: Z. Hu, X. Li, S. Tang, J. Liu, Y. Hu, L.-Y. Duan, "LEAD: Exploring Logit Space Evolution
 for Model Selection", CVPR 2024. The project's reading of the method, with every open knob, is in
-docs/method.md; equation numbers below refer to the steps listed there.
+docs/method.md; equation numbers below refer to the steps listed there. Every knob lives in one frozen
+dataclass, :class:`LeadParams`: the score function, the method registry's ``params`` and the MLflow
+params of a ranking all read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import warnings
@@ -14,6 +17,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import linalg as scipy_linalg
 from scipy.optimize import minimize
 from scipy.special import expit, log_softmax
 from scipy.special import softmax as softmax_rows
@@ -23,13 +27,23 @@ from lead.scoring._validate import check_inputs, check_matrix, global_scale
 from lead.scoring._validate import standardize as zscore
 
 #: Initial-state estimators accepted by ``initial`` (docs/method.md, "initial").
-INITIAL_STATES = ("svm", "svm_insample", "logreg", "source")
+INITIAL_STATES = ("ridge", "logreg", "svm", "svm_insample", "source")
 #: How a class's mean tangent-kernel eigenvalue is obtained (docs/method.md, "kernel").
 KERNELS = ("expected", "sampled")
 #: Feature scalings before every step (docs/method.md, "normalize").
 NORMALIZATIONS = ("global", "none")
 #: Losses whose gradient flow is followed (docs/method.md, "loss").
 LOSSES = ("mse", "ce")
+#: Ridge penalty of ``initial="ridge"`` as a multiple of the mean eigenvalue of the training fold's centred
+#: Gram matrix, lambda = alpha * trace(Zc^T Zc) / D (scale-free); chosen by the selection protocol of
+#: docs/benchmarks.md over 0.001 ... 100 (docs/performance.md, "LEAD no slower than LogME").
+RIDGE_ALPHA = 1.0
+#: Bounds and stopping rule of the temperature fit of ``initial="ridge"`` (Newton on a concave function).
+TEMPERATURE_BOUNDS = (1e-6, 1e4)
+TEMPERATURE_MAX_ITER = 100
+TEMPERATURE_TOL = 1e-9
+#: Rows the temperature is fitted on, at most (an evenly spaced subset of larger inputs).
+TEMPERATURE_ROWS = 4096
 #: Regularisation C of the multinomial logistic regression of ``initial="logreg"``, on features divided by
 #: their global scale; chosen by the leave-one-target-out protocol of docs/benchmarks.md (0.1 ... 1000:
 #: weak regularisation ranks best, 100 and 1000 on a plateau).
@@ -54,6 +68,129 @@ _LIBLINEAR_LOCK = threading.Lock()
 PROB_FLOOR = 1e-12
 
 
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class LeadParams:
+    """Every knob of LEAD, with its default: the one definition that :func:`lead_score`, the method
+    registry (``get_method("lead").params``, :meth:`as_params`) and the MLflow params of a ranking use.
+
+    Construction validates every field (``LeadParams(t=0)`` raises ``InputError``); ``head`` given as a
+    list becomes a tuple. ``dataclasses.replace(params, knob=value)`` makes a variant.
+
+    Attributes:
+        initial: how the initial state P0 is estimated. ``"ridge"`` (default since issue #18): a
+            least-squares linear probe of the one-hot labels (ridge regression with an unpenalised
+            intercept, penalty ``ridge_alpha`` times the mean eigenvalue of the centred training Gram
+            matrix), out-of-fold over ``min(5, smallest class)`` stratified folds, solved in closed form
+            (one Gram matrix, one Cholesky solve per fold), its out-of-fold outputs R mapped to the simplex
+            by temperature scaling, P0 = softmax(tau R) with tau maximising sum_i log P0_i[y_i] (Guo et al.,
+            "On Calibration of Modern Neural Networks", ICML 2017); :func:`ridge_initial_state`.
+            ``"logreg"`` (the default until issue #18): multinomial logistic regression (L-BFGS, C =
+            ``logreg_c``), out-of-fold over the same folds; :func:`logreg_initial_state`.
+            ``"svm"`` (the paper's reading): one-vs-rest linear SVM, Platt-calibrated, rows renormalised,
+            out-of-fold. ``"svm_insample"``: the same SVM fitted and evaluated on all samples.
+            ``"source"``: the model's own source logits mapped to the target classes as in LEEP,
+            P0(y|x) = sum_z Phat(y|z) softmax(S)_z; needs ``logits``.
+        t: fine-tuning "time", > 0; default 1.0 (the paper's sensitivity figure).
+        n_per_class: samples per class that enter a sampled kernel estimate, >= 1; default 64 (paper).
+        eta: step size of the gradient flow; ``"auto"`` (default) = 1 / mean_k lambda_k (the mean decay is
+            then about exp(-t) for every model); ``"reference"`` = 1 / the same head's kernel on reference
+            inputs N(0, I/D); or a float > 0.
+        head: hidden widths of the random MLP head D -> head[0] -> ... -> K (ReLU, Kaiming-normal fan-in
+            weights, zero biases); default (1024, 2048).
+        standardize: z-score each feature dimension before the initial state and the head (default False).
+        normalize: ``"global"`` (default): divide the features by their global scale sqrt(trace(Cov(Z)) / D)
+            first, so the score is invariant to ``features * c`` (c > 0); ``"none"``: raw features.
+        kernel: ``"expected"`` (default): lambda_k is the expectation of the random head's kernel diagonal
+            over the head's draw, in closed form (:func:`expected_kernel_diagonal`); ``"sampled"``: the
+            diagonal of ``n_heads`` sampled head(s), as in the paper.
+        ridge_alpha: ridge penalty of ``initial="ridge"`` relative to the mean Gram eigenvalue, > 0;
+            default ``RIDGE_ALPHA``.
+        logreg_c: inverse regularisation strength C of ``initial="logreg"`` (> 0; default 100.0).
+        softmax: if True score log_softmax(Fhat)[y] instead of log Fhat[y] (default False).
+        seed: seed of the folds, a sampled head, its per-class sample and the SVM solver.
+        n_heads: number of sampled heads (seeds seed, seed+1, ...) whose lambda_k are averaged; default 1.
+        rescale: divide the features by sqrt(D) before the head (default False).
+        loss: ``"mse"`` (default): the closed form of step 2; ``"ce"``: the cross-entropy gradient flow from
+            F_0 = log P0, integrated with ``CE_STEPS`` RK4 steps.
+    """
+
+    initial: str = "ridge"
+    t: float = 1.0
+    n_per_class: int = 64
+    eta: float | str = "auto"
+    head: tuple[int, ...] = (1024, 2048)
+    standardize: bool = False
+    normalize: str = "global"
+    kernel: str = "expected"
+    ridge_alpha: float = RIDGE_ALPHA
+    logreg_c: float = LOGREG_C
+    softmax: bool = False
+    seed: int = 0
+    n_heads: int = 1
+    rescale: bool = False
+    loss: str = "mse"
+
+    def __post_init__(self) -> None:
+        where = "lead_score"
+        if isinstance(self.head, list):
+            object.__setattr__(self, "head", tuple(self.head))
+        if self.initial not in INITIAL_STATES:
+            raise InputError(f"{where}: initial must be one of {INITIAL_STATES}; got {self.initial!r}.")
+        if not (_is_real(self.t) and self.t > 0):
+            raise InputError(f"{where}: t must be a finite float > 0; got {self.t!r}.")
+        if not (isinstance(self.n_per_class, (int, np.integer)) and not isinstance(self.n_per_class, bool) and self.n_per_class >= 1):
+            raise InputError(f"{where}: n_per_class must be an int >= 1; got {self.n_per_class!r}.")
+        if not (self.eta in ("auto", "reference") or (_is_real(self.eta) and self.eta > 0)):
+            raise InputError(f"{where}: eta must be 'auto', 'reference' or a finite float > 0; got {self.eta!r}.")
+        if not (isinstance(self.head, tuple) and len(self.head) >= 1
+                and all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 1 for w in self.head)):
+            raise InputError(f"{where}: head must be a non-empty tuple of widths >= 1; got {self.head!r}.")
+        if not isinstance(self.standardize, bool):
+            raise InputError(f"{where}: standardize must be True or False; got {self.standardize!r}.")
+        if self.normalize not in NORMALIZATIONS:
+            raise InputError(f"{where}: normalize must be one of {NORMALIZATIONS}; got {self.normalize!r}.")
+        if self.kernel not in KERNELS:
+            raise InputError(f"{where}: kernel must be one of {KERNELS}; got {self.kernel!r}.")
+        for name in ("ridge_alpha", "logreg_c"):
+            v = getattr(self, name)
+            if not (_is_real(v) and v > 0):
+                raise InputError(f"{where}: {name} must be a finite float > 0; got {v!r}.")
+        if not isinstance(self.softmax, bool):
+            raise InputError(f"{where}: softmax must be True or False; got {self.softmax!r}.")
+        if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool) and self.seed >= 0):
+            raise InputError(f"{where}: seed must be an int >= 0; got {self.seed!r}.")
+        if not (isinstance(self.n_heads, (int, np.integer)) and not isinstance(self.n_heads, bool) and self.n_heads >= 1):
+            raise InputError(f"{where}: n_heads must be an int >= 1; got {self.n_heads!r}.")
+        if not isinstance(self.rescale, bool):
+            raise InputError(f"{where}: rescale must be True or False; got {self.rescale!r}.")
+        if self.loss not in LOSSES:
+            raise InputError(f"{where}: loss must be one of {LOSSES}; got {self.loss!r}.")
+
+    def as_params(self) -> dict:
+        """The knobs as a plain dict in field order (the registry's ``params``, logged as MLflow params)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_knobs(cls, params: LeadParams | None = None, **knobs) -> LeadParams:
+        """``params`` (default: the defaults) with ``knobs`` replaced.
+
+        Raises:
+            InputError: a knob that is not a field (the message lists them), or a value out of range.
+        """
+        base = cls() if params is None else params
+        if not isinstance(base, cls):
+            raise InputError(f"lead_score: params must be a LeadParams; got {type(base).__name__}.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(knobs) - names)
+        if unknown:
+            raise InputError(f"lead_score: unknown knob(s) {unknown}; the knobs are {sorted(names)}.")
+        return dataclasses.replace(base, **knobs) if knobs else base
+
+
 @dataclass(frozen=True)
 class LeadResult:
     """Every intermediate of one LEAD evaluation, in the caller's sample order.
@@ -66,6 +203,7 @@ class LeadResult:
         eta: the step size used (``1 / mean(lambdas)`` when ``eta="auto"``).
         decay: d_k = exp(-eta * lambda_k * t), shape (K,), in (0, 1].
         fhat: evolved state, shape (N, K), float64, rows on the simplex.
+        params: the knobs used.
     """
 
     score: float
@@ -75,157 +213,62 @@ class LeadResult:
     eta: float
     decay: np.ndarray
     fhat: np.ndarray
+    params: LeadParams = LeadParams()
 
 
-def lead_score(
-    features,
-    labels: Sequence[Hashable] | np.ndarray,
-    *,
-    initial: str = "logreg",
-    t: float = 1.0,
-    n_per_class: int = 64,
-    eta: float | str = "auto",
-    head: tuple[int, ...] = (1024, 2048),
-    standardize: bool = False,
-    normalize: str = "global",
-    kernel: str = "expected",
-    logreg_c: float = 100.0,
-    softmax: bool = False,
-    seed: int = 0,
-    n_heads: int = 1,
-    rescale: bool = False,
-    loss: str = "mse",
-    class_kernel=None,
-    logits=None,
-) -> float:
+def lead_score(features, labels: Sequence[Hashable] | np.ndarray, params: LeadParams | None = None, *,
+               class_kernel=None, logits=None, **knobs) -> float:
     """LEAD transferability score: the log-likelihood of the labels after the logits evolve. Higher is better.
 
     Fine-tuning moves the logits toward the labels along the gradient flow of the loss. With the
     tangent kernel held constant and a squared loss the flow has a closed form, an interpolation
     from the initial state P0 to the labels at a speed set by the kernel. LEAD replaces the kernel by
-    one scalar per class (its mean eigenvalue, from a random MLP head on the frozen features), jumps to
+    one scalar per class (its mean eigenvalue for an MLP head on the frozen features), jumps to
     time ``t`` and scores how likely the true labels are there. Values are in nats (<= 0); they compare
     models on one dataset, not across datasets.
 
     Source: Hu et al., "LEAD: Exploring Logit Space Evolution for Model Selection", CVPR 2024,
     the chain of docs/method.md: Phi = J J^T (step 1); F_t = (I - exp(-eta Phi t)) Y + exp(-eta Phi t) F_0
     (step 2); lambda_k = trace(Phi_k) / n (step 3); Fhat_i = (1 - d_k) Y_i + d_k P0_i (step 4);
-    score = mean_i log Fhat_i[y_i] (step 5). Deviations: the paper's open choices are the knobs below.
+    score = mean_i log Fhat_i[y_i] (step 5). Deviations: the paper's open choices are the knobs of
+    :class:`LeadParams`.
 
     Args:
         features: pre-logit features Z, shape (N, D), float; computed in float64.
         labels: class of each sample, shape (N,), any hashable names; at least two classes.
-        initial: how P0 is estimated. ``"logreg"`` (default, chosen by the study of docs/benchmarks.md):
-            multinomial logistic regression (L-BFGS, C = 1) on the (standardised, if asked) features,
-            out-of-fold over ``min(5, smallest class)`` stratified folds (each class needs >= 2 samples);
-            its probabilities need no calibration step. ``"svm"`` (the paper's reading): one-vs-rest
-            linear SVM, Platt-calibrated, rows renormalised, out-of-fold over the same folds.
-            ``"svm_insample"``: the same SVM fitted and evaluated on all samples.
-            ``"source"``: the model's own source logits mapped to the target classes as in LEEP,
-            P0(y|x) = sum_z Phat(y|z) softmax(S)_z; needs ``logits``.
-        t: fine-tuning "time", > 0; default 1.0 (the paper's sensitivity figure).
-        n_per_class: samples per class that enter the kernel estimate, >= 1; default 64 (paper).
-            Classes with fewer samples use all of theirs.
-        eta: step size of the gradient flow; ``"auto"`` (default) = 1 / mean_k lambda_k (a per-model
-            normalisation: the mean decay is then about exp(-t) for every model); ``"reference"`` =
-            1 / the same head's kernel on reference inputs N(0, I/D) (unit norm on average), a scale that
-            does not depend on the features, so a model's kernel magnitude is kept; or a float > 0.
-        head: hidden widths of the random MLP head D -> head[0] -> ... -> K; ReLU, Kaiming-normal
-            fan-in weights, zero biases; default (1024, 2048).
-        standardize: z-score each feature dimension before the initial-state classifier and the head
-            (default False: the study of docs/benchmarks.md ranked better on raw features).
-        normalize: ``"global"`` (default): divide the features by their global scale
-            sqrt(trace(Cov(Z)) / D) first (``lead.scoring._validate.global_scale``), so the score is
-            exactly invariant to ``features * c`` (c > 0), as transferability is; ``"none"``: raw features
-            (the score then changes with the features' units, see docs/method.md).
-        kernel: ``"expected"`` (default): lambda_k is the expectation of the random head's kernel
-            diagonal over the head's Kaiming draw, in closed form (:func:`expected_kernel_diagonal`):
-            deterministic, O(N D), and equal to the mean over many sampled heads (tested);
-            ``"sampled"``: the diagonal of one (or ``n_heads``) sampled head(s), as in the paper.
-        logreg_c: inverse regularisation strength C of ``initial="logreg"`` (> 0; default 100.0 on the
-            normalised features, chosen by the leave-one-target-out protocol of docs/benchmarks.md over
-            0.1, 1, 10, 100 and 1000; with at most 100 L-BFGS iterations).
-        softmax: if True score log_softmax(Fhat)[y] instead of log Fhat[y] (default False).
-        seed: seed of the head, the per-class sample and the SVM solver; the score is deterministic.
-        n_heads: number of random heads (seeds seed, seed+1, ...) whose lambda_k are averaged; default 1.
-        rescale: divide the (standardised) features by sqrt(D) before the head, so that their mean squared
-            norm is 1 whatever D is; with a fixed ``eta`` the kernel's scale then compares across models
-            without rewarding a larger D (default False).
-        loss: ``"mse"`` (default): the closed form of step 2 (squared error). ``"ce"``: the gradient flow of
-            the cross-entropy, dF_i/dt = -eta lambda_k (softmax(F_i) - Y_i) from F_0 = log P0, integrated
-            with ``CE_STEPS`` RK4 steps; the score is then mean_i log softmax(F_t,i)[y_i].
+        params: the knobs, a :class:`LeadParams` (default: its defaults).
         class_kernel: precomputed lambda_k, shape (K,), float > 0, in the sorted order of the class names
             (e.g. the kernel over the backbone's last block and the head, ``lead.kernels``); replaces the
-            random-head kernel (``head``, ``n_heads``, ``n_per_class`` are then unused).
+            head's kernel (``head``, ``n_heads``, ``n_per_class`` are then unused).
         logits: source-head logits S, shape (N, Cs), float; only for ``initial="source"``.
+        **knobs: fields of :class:`LeadParams` overriding ``params`` (``lead_score(x, y, initial="logreg")``).
     Returns:
         float, in nats, <= 0; finite.
     Raises:
         InputError: non-finite or misshapen features/logits, fewer than two classes, a class with one
-            sample under ``initial="svm"``, a knob out of range, or ``initial="source"`` without logits.
+            sample under an out-of-fold initial state, an unknown knob or one out of range, or
+            ``initial="source"`` without logits.
     Notes:
-        The tangent-kernel diagonal is computed in closed form, one forward and one backward pass of
-        the head (``kernel_diagonal``); no Jacobian and no N x N matrix is built. Cost: O(N D K) for the
-        SVM, O(K n P) for the kernel (P = head parameters), O(N K) for the rest. Samples are put in a
-        canonical order first, so the score is exactly invariant to sample order and class names.
+        No Jacobian and no N x N matrix is built (but for D > N, where the ridge probe works in the
+        samples' span through the N x N Gram matrix). Cost of the default: O(N D min(N, D) + min(N, D)^3)
+        for the probe (the same order as LogME's one Gram matrix and eigendecomposition), O(N D) for the
+        kernel, O(N K) for the rest. Samples are put in a canonical order first, so the score is invariant
+        to sample order and class names.
     """
-    return lead_details(
-        features,
-        labels,
-        initial=initial,
-        t=t,
-        n_per_class=n_per_class,
-        eta=eta,
-        head=head,
-        standardize=standardize,
-        normalize=normalize,
-        kernel=kernel,
-        logreg_c=logreg_c,
-        softmax=softmax,
-        seed=seed,
-        n_heads=n_heads,
-        rescale=rescale,
-        loss=loss,
-        class_kernel=class_kernel,
-        logits=logits,
-    ).score
+    return lead_details(features, labels, params, class_kernel=class_kernel, logits=logits, **knobs).score
 
 
-def lead_details(
-    features,
-    labels,
-    *,
-    initial: str = "logreg",
-    t: float = 1.0,
-    n_per_class: int = 64,
-    eta: float | str = "auto",
-    head: tuple[int, ...] = (1024, 2048),
-    standardize: bool = False,
-    normalize: str = "global",
-    kernel: str = "expected",
-    logreg_c: float = 100.0,
-    softmax: bool = False,
-    seed: int = 0,
-    n_heads: int = 1,
-    rescale: bool = False,
-    loss: str = "mse",
-    class_kernel=None,
-    logits=None,
-) -> LeadResult:
+def lead_details(features, labels, params: LeadParams | None = None, *, class_kernel=None, logits=None,
+                 **knobs) -> LeadResult:
     """Like :func:`lead_score` (same arguments and errors) but returns every intermediate as a :class:`LeadResult`."""
     where = "lead_score"
+    p = LeadParams.from_knobs(params, **knobs)
     x, enc = check_inputs(features, labels, where=where)
-    _check_knobs(where, initial=initial, t=t, n_per_class=n_per_class, eta=eta, head=head, n_heads=n_heads)
-    if normalize not in NORMALIZATIONS:
-        raise InputError(f"{where}: normalize must be one of {NORMALIZATIONS}; got {normalize!r}.")
-    if kernel not in KERNELS:
-        raise InputError(f"{where}: kernel must be one of {KERNELS}; got {kernel!r}.")
-    if not (isinstance(logreg_c, (int, float)) and not isinstance(logreg_c, bool) and math.isfinite(logreg_c) and logreg_c > 0):
-        raise InputError(f"{where}: logreg_c must be a finite float > 0; got {logreg_c!r}.")
-    if normalize == "global":
-        x = x / global_scale(x)
-    if loss not in LOSSES:
-        raise InputError(f"{where}: loss must be one of {LOSSES}; got {loss!r}.")
+    # The ridge probe is unchanged by a constant factor on the features: on its fast path the global scale
+    # only divides the squared norms the kernel needs, computed from them (no pass to rescale N x D values).
+    fast = p.initial == "ridge" and not p.standardize and p.kernel == "expected"
+    if p.normalize == "global" and not fast:
+        x /= global_scale(x)  # x is check_inputs' own copy
     if class_kernel is not None:
         class_kernel = np.asarray(class_kernel, dtype=np.float64)
         if class_kernel.shape != (enc.n_classes,) or not np.all(np.isfinite(class_kernel)) or np.any(class_kernel <= 0):
@@ -235,14 +278,14 @@ def lead_details(
             )
     n = x.shape[0]
     source = None
-    if initial == "source":
+    if p.initial == "source":
         if logits is None:
             raise InputError(
                 f"{where}: logits must be given for initial='source'; got None. "
                 "Pass the model's source-head logits or use initial='svm'."
             )
         source = check_matrix(logits, name="logits", n_rows=n, where=where)
-    if initial in ("svm", "logreg") and enc.counts.min() < 2:
+    if p.initial in ("ridge", "svm", "logreg") and enc.counts.min() < 2:
         small = [enc.classes[i] for i in np.nonzero(enc.counts < 2)[0]][:5]
         raise InputError(
             f"{where}: every class must have at least 2 samples for the out-of-fold initial state; got 1 for {small}. "
@@ -252,42 +295,59 @@ def lead_details(
     # Canonical order: by a fixed random projection of the raw features (ties, i.e. identical rows, by
     # class). It does not depend on the caller's order nor on the class names, so neither does any
     # later step: folds, the kernel's per-class sample and the SVM's coordinate order.
-    proj = x @ np.random.default_rng(12345).standard_normal(x.shape[1])
-    order = np.lexsort((enc.codes, proj))
-    xs, ys = x[order], enc.codes[order]
-    zs = zscore(xs) if standardize else xs
-
-    if initial == "source":
-        p0 = source_initial_state(source[order], ys, enc.n_classes)
-    elif initial == "logreg":
-        p0 = logreg_initial_state(zs, ys, enc.n_classes, seed=seed, c=logreg_c)
+    direction = np.random.default_rng(12345).standard_normal(x.shape[1])
+    if fast:
+        proj, sq, mean = _row_stats(x, direction)
     else:
-        p0 = svm_initial_state(zs, ys, enc.n_classes, out_of_fold=(initial == "svm"), seed=seed)
+        proj = x @ direction
+    order = np.lexsort((enc.codes, proj))
+    ys = enc.codes[order]
+    k = enc.n_classes
+    if fast:
+        # the probe gathers its rows itself (one N x D copy fewer); the kernel needs only squared norms
+        zs = None
+        if p.normalize == "global":
+            var = (float(sq.mean()) - float(mean @ mean)) / x.shape[1]  # trace(Cov) / D, as global_scale
+            sq = sq / var if var > 0 and math.isfinite(var) else sq
+        sq = sq[order]
+        p0 = ridge_initial_state(x, ys, k, seed=p.seed, alpha=p.ridge_alpha, rows=order, mean=mean)
+    else:
+        xs = x[order]
+        zs = zscore(xs) if p.standardize else xs
+        sq = np.einsum("ij,ij->i", zs, zs)
+        if p.initial == "source":
+            p0 = source_initial_state(source[order], ys, k)
+        elif p.initial == "ridge":
+            p0 = ridge_initial_state(zs, ys, k, seed=p.seed, alpha=p.ridge_alpha)
+        elif p.initial == "logreg":
+            p0 = logreg_initial_state(zs, ys, k, seed=p.seed, c=p.logreg_c)
+        else:
+            p0 = svm_initial_state(zs, ys, k, out_of_fold=(p.initial == "svm"), seed=p.seed)
 
+    d = x.shape[1]
     if class_kernel is not None:
         lambdas = class_kernel.copy()
-    elif kernel == "expected":
-        zh = zs / math.sqrt(zs.shape[1]) if rescale else zs
-        diag = expected_kernel_diagonal(zh, enc.n_classes, head)
-        lambdas = np.bincount(ys, weights=diag, minlength=enc.n_classes) / np.bincount(ys, minlength=enc.n_classes)
+    elif p.kernel == "expected":
+        diag = _expected_from_sq_norms(sq / d if p.rescale else sq, d, k, p.head)
+        lambdas = np.bincount(ys, weights=diag, minlength=k) / np.bincount(ys, minlength=k)
     else:
-        zh = zs / math.sqrt(zs.shape[1]) if rescale else zs
-        lambdas = np.zeros(enc.n_classes)
-        for h in range(n_heads):
-            layers = random_head(zh.shape[1], enc.n_classes, head, seed=seed + h)
-            lambdas += class_kernel_means(zh, ys, enc.n_classes, layers, n_per_class=n_per_class, seed=seed)
-        lambdas /= n_heads
+        zh = zs / math.sqrt(d) if p.rescale else zs
+        lambdas = np.zeros(k)
+        for h in range(p.n_heads):
+            layers = random_head(d, k, p.head, seed=p.seed + h)
+            lambdas += class_kernel_means(zh, ys, k, layers, n_per_class=p.n_per_class, seed=p.seed)
+        lambdas /= p.n_heads
 
-    if eta == "auto":
+    if p.eta == "auto":
         eta_value = 1.0 / float(lambdas.mean())
-    elif eta == "reference":
+    elif p.eta == "reference":
         if class_kernel is not None:
             raise InputError(f"{where}: eta='reference' needs the random-head kernel; got class_kernel. Pass a float eta.")
-        eta_value = 1.0 / reference_kernel(zs.shape[1], enc.n_classes, head, n_heads=n_heads, seed=seed)
+        eta_value = 1.0 / reference_kernel(d, k, p.head, n_heads=p.n_heads, seed=p.seed)
     else:
-        eta_value = float(eta)
-    decay = np.exp(-eta_value * lambdas * t)
-    per_sample, fhat = evolve(p0, ys, lambdas, eta_value, t, loss=loss, softmax=softmax)
+        eta_value = float(p.eta)
+    decay = np.exp(-eta_value * lambdas * p.t)
+    per_sample, fhat = evolve(p0, ys, lambdas, eta_value, p.t, loss=p.loss, softmax=p.softmax)
     score = float(per_sample.mean())
 
     inverse = np.empty_like(order)
@@ -300,6 +360,7 @@ def lead_details(
         eta=eta_value,
         decay=decay,
         fhat=fhat[inverse],
+        params=p,
     )
 
 
@@ -326,21 +387,6 @@ def evolve(p0: np.ndarray, codes: np.ndarray, lambdas: np.ndarray, eta: float, t
     if softmax:
         return log_softmax(fhat, axis=1)[rows, codes], fhat
     return np.log(fhat[rows, codes]), fhat
-
-
-def _check_knobs(where, *, initial, t, n_per_class, eta, head, n_heads) -> None:
-    if initial not in INITIAL_STATES:
-        raise InputError(f"{where}: initial must be one of {INITIAL_STATES}; got {initial!r}.")
-    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
-        raise InputError(f"{where}: t must be a finite float > 0; got {t!r}.")
-    if not (isinstance(n_per_class, (int, np.integer)) and n_per_class >= 1):
-        raise InputError(f"{where}: n_per_class must be an int >= 1; got {n_per_class!r}.")
-    if not (eta in ("auto", "reference") or (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0)):
-        raise InputError(f"{where}: eta must be 'auto', 'reference' or a finite float > 0; got {eta!r}.")
-    if not (len(head) >= 1 and all(isinstance(w, (int, np.integer)) and w >= 1 for w in head)):
-        raise InputError(f"{where}: head must be a non-empty tuple of widths >= 1; got {head!r}.")
-    if not (isinstance(n_heads, (int, np.integer)) and n_heads >= 1):
-        raise InputError(f"{where}: n_heads must be an int >= 1; got {n_heads!r}.")
 
 
 # --- initial state -----------------------------------------------------------------------------
@@ -404,6 +450,150 @@ def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_o
     probs = np.maximum(probs, PROB_FLOOR)
     return probs / probs.sum(axis=1, keepdims=True)
 
+
+#: Values per block (rows x D) of the passes over the features that touch each row several times (about
+#: 2 MB of float64, so a block stays in cache between the operations on it).
+BLOCK_VALUES = 1 << 18
+
+
+def _row_stats(x: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x @ direction, squared row norms, column means) of x, shape (N, D), in one blocked pass."""
+    n = x.shape[0]
+    rows = max(1, BLOCK_VALUES // x.shape[1])
+    proj, sq, total = np.empty(n), np.empty(n), np.zeros(x.shape[1])
+    for a in range(0, n, rows):
+        block = x[a:a + rows]
+        np.matmul(block, direction, out=proj[a:a + rows])
+        np.einsum("ij,ij->i", block, block, out=sq[a:a + rows])
+        total += block.sum(axis=0)
+    return proj, sq, total / n
+
+
+def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int, alpha: float = RIDGE_ALPHA,
+                        rows: np.ndarray | None = None, mean: np.ndarray | None = None) -> np.ndarray:
+    """P0 from an out-of-fold least-squares linear probe, calibrated by temperature scaling (``initial="ridge"``).
+
+    For each of ``min(5, smallest class)`` stratified folds (:func:`stratified_folds`), a ridge regression
+    of the one-hot labels Y on the features, with an unpenalised intercept, is fitted on the other folds,
+
+        W = (Zc^T Zc + lambda I)^-1 Zc^T Yc,   lambda = alpha * trace(Zc^T Zc) / D,
+
+    (Zc, Yc the training rows centred on their means; Hoerl & Kennard, Technometrics 12, 1970), and
+    predicts the held-out fold: R_i = (z_i - mean) W + mean(Y). The out-of-fold outputs are mapped to the
+    simplex by temperature scaling, P0 = softmax(tau R) with the one scalar tau > 0 that maximises
+    sum_i log P0_i[y_i] (Guo et al., ICML 2017; a concave problem, solved by Newton's method in
+    :func:`fit_temperature`).
+
+    Closed form: the per-fold Gram matrices are computed once (their sum is the full one) and each fold's
+    training Gram is the full one minus its own, so the cost is one pass over the data, O(N D^2), plus
+    one Cholesky solve per fold, O(D^3), the same order as LogME's. When D > N the probe works in the
+    samples' span (coordinates V sqrt(w) from the eigendecomposition of the N x N centred Gram matrix),
+    which leaves every inner product, hence the fit, unchanged (the ridge solution with an intercept
+    depends on the features only through their inner products).
+
+    Args:
+        z: features, shape (M, D), float64; row ``rows[i]`` (or ``i`` when ``rows`` is None) is sample i.
+        codes: labels 0..K-1 of the samples, shape (N,), every class with >= 2 samples.
+        n_classes: K.
+        seed: seed of the folds.
+        alpha: the ridge penalty relative to the mean eigenvalue of the training Gram matrix, > 0; the
+            result does not change when ``z`` is multiplied by a constant.
+        rows: optional index array, shape (N,), that gathers the samples from ``z`` (saves a copy).
+        mean: optional column means of ``z`` (shape (D,)), when the caller has them.
+    Returns:
+        shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
+    """
+    n = codes.shape[0]
+    d = z.shape[1]
+    n_folds = int(min(N_FOLDS, np.bincount(codes, minlength=n_classes).min()))
+    folds = stratified_folds(codes, n_classes, n_folds, seed)
+    # positions grouped by fold, and by class within a fold: each fold is one slice of rows, each class
+    # one run of it (round-robin dealing puts every class in every fold)
+    by_fold = np.lexsort((codes, folds))
+    bounds = np.searchsorted(folds[by_fold], np.arange(n_folds + 1))
+    # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold)
+    gather = by_fold if rows is None else rows[by_fold]
+    if mean is None:
+        mean = z[gather].mean(axis=0) if rows is not None else z.mean(axis=0)
+    zf = np.empty((n, d))
+    step = max(1, BLOCK_VALUES // d)
+    for a in range(0, n, step):
+        zf[a:a + step] = z[gather[a:a + step]]
+        zf[a:a + step] -= mean
+    if d > n:
+        w, v = np.linalg.eigh(zf @ zf.T)
+        zf = v * np.sqrt(np.maximum(w, 0.0))
+    cf = codes[by_fold]
+    slices = [slice(int(bounds[f]), int(bounds[f + 1])) for f in range(n_folds)]
+    grams = [zf[s].T @ zf[s] for s in slices]  # symmetric products (BLAS syrk); their sum is the full Gram
+    counts = [np.bincount(cf[s], minlength=n_classes) for s in slices]  # Y^T 1 per fold
+    cross = []  # Z^T Y per fold, as class sums over each class's run of rows
+    for s, c in zip(slices, counts):
+        ends = s.start + np.cumsum(c)
+        cross.append(np.stack([zf[a - m:a].sum(axis=0) for a, m in zip(ends, c)], axis=1))
+    sums = [c_.sum(axis=1) for c_ in cross]
+    g_all, c_all, s_all, y_all = sum(grams), sum(cross), sum(sums), sum(counts)
+    out = np.empty((n, n_classes))
+    for f, s in enumerate(slices):
+        n_train = n - (s.stop - s.start)
+        mean = (s_all - sums[f]) / n_train
+        ybar = (y_all - counts[f]) / n_train
+        gram = g_all - grams[f] - n_train * np.outer(mean, mean)
+        rhs = c_all - cross[f] - n_train * np.outer(mean, ybar)
+        trace = float(np.trace(gram))
+        lam = alpha * trace / d if trace > 0 else 1.0  # constant features: W = 0, P0 from the class priors
+        gram.flat[:: gram.shape[0] + 1] += lam
+        w = scipy_linalg.solve(gram, rhs, assume_a="pos", overwrite_a=True, overwrite_b=True, check_finite=False)
+        out[s] = zf[s] @ w + (ybar - mean @ w)
+    probs = softmax_rows(fit_temperature(out, cf) * out, axis=1)
+    probs = np.maximum(probs, PROB_FLOOR)
+    probs /= probs.sum(axis=1, keepdims=True)
+    p0 = np.empty_like(probs)
+    p0[by_fold] = probs
+    return p0
+
+
+def fit_temperature(r: np.ndarray, codes: np.ndarray) -> float:
+    """The inverse temperature tau > 0 maximising L(tau) = sum_i log softmax(tau r_i)[y_i] (temperature scaling).
+
+    L is concave in tau (L'' = -sum_i Var_{softmax(tau r_i)}(r_i) <= 0), so Newton's method with steps
+    limited to a factor 10 either way converges to the maximiser. It stops when the step's predicted gain
+    L'^2 / (2 |L''|) is below ``TEMPERATURE_TOL`` nats per sample, or at ``TEMPERATURE_BOUNDS`` (the upper
+    bound is approached when the outputs separate the classes: L then increases without bound and the
+    gain criterion ends the climb once the mean -log P0_i[y_i] is about that small). One scalar needs
+    few samples: with more than ``TEMPERATURE_ROWS`` rows, every ceil(N / TEMPERATURE_ROWS)-th row is used.
+
+    Args:
+        r: scores, shape (N, K), float64; codes: labels 0..K-1, shape (N,).
+    Returns:
+        float in TEMPERATURE_BOUNDS.
+    """
+    lo, hi = TEMPERATURE_BOUNDS
+    every = -(-r.shape[0] // TEMPERATURE_ROWS)
+    if every > 1:
+        r, codes = r[::every], codes[::every]
+    n = r.shape[0]
+    rc = r - r.max(axis=1, keepdims=True)  # <= 0: exp(tau rc) never overflows for tau > 0
+    rc2 = rc * rc
+    ry = rc[np.arange(n), codes]
+    e = np.empty_like(rc)
+    tau = 1.0
+    for _ in range(TEMPERATURE_MAX_ITER):
+        np.multiply(rc, tau, out=e)
+        np.exp(e, out=e)
+        z = e.sum(axis=1)
+        m1 = np.einsum("ij,ij->i", e, rc) / z
+        m2 = np.einsum("ij,ij->i", e, rc2) / z
+        grad = float((ry - m1).sum())
+        curv = float((m2 - m1 * m1).sum())
+        if curv <= 0.0 or not math.isfinite(curv):  # every row constant, or each softmax one-hot
+            return tau
+        step = grad / curv
+        new = min(max(tau + step, tau / 10.0, lo), tau * 10.0, hi)
+        if grad * step / 2.0 <= TEMPERATURE_TOL * n or abs(new - tau) <= 1e-12 * tau:
+            return new
+        tau = new
+    return tau
 
 def logreg_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int, c: float = LOGREG_C) -> np.ndarray:
     """P0 from a multinomial logistic regression (L-BFGS, C = ``c``), out-of-fold over
@@ -583,9 +773,13 @@ def expected_kernel_diagonal(z: np.ndarray, n_classes: int, widths: tuple[int, .
     Returns:
         shape (n,), float64, > 0.
     """
-    dims = (z.shape[1], *widths)
-    slope = sum(dims) / z.shape[1]
-    return n_classes * (slope * np.einsum("ij,ij->i", z, z) + len(dims))
+    return _expected_from_sq_norms(np.einsum("ij,ij->i", z, z), z.shape[1], n_classes, widths)
+
+
+def _expected_from_sq_norms(sq: np.ndarray, in_dim: int, n_classes: int, widths: tuple[int, ...]) -> np.ndarray:
+    """:func:`expected_kernel_diagonal` from the squared norms ||z||^2, shape (n,), of inputs of dimension in_dim."""
+    dims = (in_dim, *widths)
+    return n_classes * (sum(dims) / in_dim * sq + len(dims))
 
 
 #: Reference inputs of ``eta="reference"``.
