@@ -8,6 +8,7 @@ writes them to Parquet).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -197,6 +198,37 @@ class ImageSamples:
         return x, self.index[s.label], i, error
 
 
+#: While DataLoader workers decode on a CPU-only run, torch's intra-op threads are cut to the cores the
+#: workers leave (at least one): two OpenMP threads beside busy workers on 2 cores ran small convolutions
+#: about 10x slower (issue #18, docs/performance.md). None leaves torch's setting alone.
+TORCH_THREADS_BESIDE_WORKERS: int | None = -1  # -1: cores minus workers, at least 1
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = [0, 0]  # [extractions inside, threads before the first one]
+
+
+@contextlib.contextmanager
+def _threads_beside_workers(device_type: str, num_workers: int):
+    """Set torch's intra-op threads for the duration of a CPU extraction with workers; restored by the last one out."""
+    import torch
+
+    if device_type != "cpu" or num_workers <= 0 or TORCH_THREADS_BESIDE_WORKERS is None:
+        yield
+        return
+    want = TORCH_THREADS_BESIDE_WORKERS if TORCH_THREADS_BESIDE_WORKERS > 0 else max(1, (os.cpu_count() or 1) - num_workers)
+    with _THREADS_LOCK:
+        if _THREADS_USERS[0] == 0:
+            _THREADS_USERS[1] = torch.get_num_threads()
+        _THREADS_USERS[0] += 1
+        torch.set_num_threads(min(want, _THREADS_USERS[1]))
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS[0] -= 1
+            if _THREADS_USERS[0] == 0:
+                torch.set_num_threads(_THREADS_USERS[1])
+
+
 def extract(
     model,
     spec: ModelSpec,
@@ -242,7 +274,7 @@ def extract(
     )
     ids = [s.sample_id for s in samples]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, _threads_beside_workers(dev.type, num_workers):
         for images, labels, index, errors in loader:
             if CANCEL.is_set():
                 raise InterruptedError(f"extraction of {spec.name!r} cancelled")

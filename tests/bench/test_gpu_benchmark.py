@@ -1,0 +1,41 @@
+"""benchmarks/gpu.py in its tiny CPU mode (issue #18, target 5): the one-command GPU benchmark runs end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_benchmark_runs_in_its_tiny_mode_and_reports_every_score(tmp_path):
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # cap 0.5 s: N-LEEP's mixture (several seconds here) exercises the timeout path; the others take milliseconds
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--tiny", "--device", "cpu", "--repeats", "1",
+                           "--cap", "0.5", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    ext = r["extraction"]
+    assert r["mode"] == "tiny" and ext["device"] == "cpu" and ext["dtype"] == "float32" and ext["images"] == 64
+    assert all(v > 0 for vs in ext["images_per_s"].values() for v in vs)
+    assert ext["ratio_best"] == pytest.approx(max(ext["images_per_s"]["pipeline"]) / max(ext["images_per_s"]["bare"]))
+
+    from lead.scoring import METHODS, get_method
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from scores import make_data
+
+    rows = r["scores"]["methods"]
+    assert list(rows) == list(METHODS)
+    assert rows["nleep"] == {"timeout": 0.5}
+    x, s, y = make_data(600, 64, 5)
+    for m in ("lead", "logme", "leep", "hscore"):
+        assert rows[m]["seconds"] > 0
+        assert rows[m]["value"] == pytest.approx(get_method(m)(features=x, logits=s, labels=y), rel=1e-9)
+        assert rows[m]["over_forward"] == pytest.approx(rows[m]["seconds"] / r["scores"]["forward_seconds_for_n"])
