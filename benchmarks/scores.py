@@ -62,7 +62,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--cap", type=float, default=600.0, help="seconds; larger N skipped once a call takes cap/5")
     ap.add_argument("--methods", default="all")
     ap.add_argument("--out", type=Path, default=RESULTS / "scores.json")
+    ap.add_argument("--points", default=None, help="only these D x K, e.g. 2048x100,512x10 (default: all four)")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the measured (method, N, D, K) rows of an existing --out, keep the others")
     args = ap.parse_args(argv)
+    points = [(512, 10), (512, 100), (2048, 10), (2048, 100)]
+    if args.points:
+        points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")]
 
     import torch
 
@@ -73,8 +79,8 @@ def main(argv=None) -> dict:
     rows = []
     fwd = forward_rate()
     print(f"ResNet-50 forward: {fwd:.1f} images/s", flush=True)
-    for d in (512, 2048):
-        for k in (10, 100):
+    for d, k in points:
+        if True:
             for method in methods:
                 fn = get_method(method)
                 last = None
@@ -105,6 +111,11 @@ def main(argv=None) -> dict:
                           + (f", exponent {row['exponent']:.2f}" if "exponent" in row else "") + (f"  {row.get('error', '')}"), flush=True)
                     if last is None:
                         break
+    if args.merge and args.out.is_file():
+        measured = {(r["method"], r["n"], r["d"], r["k"]) for r in rows}
+        old = json.loads(args.out.read_text())
+        rows = [r for r in old["rows"] if (r["method"], r["n"], r["d"], r["k"]) not in measured] + rows
+        fwd = old["resnet50_images_per_s"]  # one forward-pass reference for the whole table
     lead_big = [r for r in rows if r["method"] == "lead" and r["n"] == max(ns) and r["d"] == 2048 and r["k"] == 100]
     out = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,

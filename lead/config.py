@@ -48,6 +48,10 @@ def _fraction_env(name: str, default: float) -> float:
 
 
 def _default_max_workers() -> int:
+    """One extraction per GPU; 2 without one. Importing torch costs seconds of CPU, so it is imported only when
+    a GPU driver is present (NVIDIA's /dev/nvidiactl or ROCm's /dev/kfd): without one torch has no device either."""
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd")):
+        return 2
     try:
         import torch
 
