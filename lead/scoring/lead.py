@@ -42,8 +42,9 @@ RIDGE_ALPHA = 1.0
 TEMPERATURE_BOUNDS = (1e-6, 1e4)
 TEMPERATURE_MAX_ITER = 100
 TEMPERATURE_TOL = 1e-9
-#: Rows the temperature is fitted on, at most (an evenly spaced subset of larger inputs).
-TEMPERATURE_ROWS = 4096
+#: Rows the temperature is fitted on, at most (an evenly spaced subset of larger inputs: one scalar needs few;
+#: every target of the committed suites has fewer, so the selection protocol's numbers use every row).
+TEMPERATURE_ROWS = 2048
 #: Regularisation C of the multinomial logistic regression of ``initial="logreg"``, on features divided by
 #: their global scale; chosen by the leave-one-target-out protocol of docs/benchmarks.md (0.1 ... 1000:
 #: weak regularisation ranks best, 100 and 1000 on a plateau).
@@ -543,7 +544,8 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
         trace = float(np.trace(gram))
         lam = alpha * trace / d if trace > 0 else 1.0  # constant features: W = 0, P0 from the class priors
         gram.flat[:: gram.shape[0] + 1] += lam
-        w = scipy_linalg.solve(gram, rhs, assume_a="pos", overwrite_a=True, overwrite_b=True, check_finite=False)
+        w = scipy_linalg.cho_solve(scipy_linalg.cho_factor(gram, overwrite_a=True, check_finite=False), rhs,
+                                   overwrite_b=True, check_finite=False)
         out[s] = zf[s] @ w + (ybar - mean @ w)
     probs = softmax_rows(fit_temperature(out, cf) * out, axis=1)
     probs = np.maximum(probs, PROB_FLOOR)
