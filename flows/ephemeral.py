@@ -38,7 +38,10 @@ def _command(port: int) -> list[str]:
 def _environment() -> dict[str, str]:
     from prefect.settings import get_current_settings
 
-    return {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+    # A temporary server of one command sends no telemetry (an HTTP call per start, which fails offline and
+    # logs an error); a value the user set, in the environment or the profile, still wins.
+    return {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ, "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
             **get_current_settings().to_environment_variables(exclude_unset=True)}
 
 

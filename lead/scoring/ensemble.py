@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
 
 from lead.errors import InputError
 
@@ -37,6 +36,7 @@ def aggregate(scores: dict[str, dict[str, float]], *, how: str = "rank") -> dict
     Raises:
         InputError: an unknown ``how``, no members, or members over different sets of models.
     """
+    from scipy.stats import rankdata  # lazy: importing the registry must not import scipy
     if how not in HOWS:
         raise InputError(f"aggregate: how must be one of {HOWS}; got {how!r}.")
     if not scores:

@@ -17,10 +17,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg as scipy_linalg
-from scipy.optimize import minimize
-from scipy.special import expit, log_softmax
-from scipy.special import softmax as softmax_rows
 
 from lead.errors import InputError
 from lead.scoring._validate import check_inputs, check_matrix, global_scale
@@ -378,6 +374,7 @@ def evolve(p0: np.ndarray, codes: np.ndarray, lambdas: np.ndarray, eta: float, t
     Returns:
         (per-sample log-likelihood, shape (N,); evolved state Fhat, shape (N, K), rows on the simplex).
     """
+    from scipy.special import log_softmax, softmax as softmax_rows  # lazy: a cached `lead rank` imports the registry, not scipy
     y_onehot = np.eye(p0.shape[1])[codes]
     rows = np.arange(p0.shape[0])
     if loss == "ce":
@@ -418,6 +415,7 @@ def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_o
         One Platt sigmoid per class (Platt 1999, with the target smoothing of Lin, Lin & Weng 2007)
         is fitted on the decision values of all samples, out-of-fold ones when ``out_of_fold``.
     """
+    from scipy.special import expit  # lazy: a cached `lead rank` imports the registry, not scipy
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
 
@@ -504,6 +502,8 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     Returns:
         shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
     """
+    from scipy import linalg as scipy_linalg
+    from scipy.special import softmax as softmax_rows  # lazy: a cached `lead rank` imports the registry, not scipy
     n = codes.shape[0]
     d = z.shape[1]
     n_folds = int(min(N_FOLDS, np.bincount(codes, minlength=n_classes).min()))
@@ -645,6 +645,7 @@ def ce_flow(f0: np.ndarray, y: np.ndarray, rate: np.ndarray, t: float, steps: in
     Returns:
         F_t, shape (N, K), float64.
     """
+    from scipy.special import softmax as softmax_rows  # lazy: a cached `lead rank` imports the registry, not scipy
     h = t / steps
     r = rate[:, None]
 
@@ -668,6 +669,8 @@ def platt_fit(f: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
     (N+ + 1)/(N+ + 2) and 1/(N- + 2) as in Lin, Lin & Weng, Machine Learning 68 (2007).
     Returns (A, B).
     """
+    from scipy.optimize import minimize
+    from scipy.special import expit  # lazy: a cached `lead rank` imports the registry, not scipy
     n_pos = float(positive.sum())
     n_neg = float(positive.size - n_pos)
     target = np.where(positive, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
@@ -696,6 +699,7 @@ def source_initial_state(source_logits: np.ndarray, codes: np.ndarray, n_classes
     Returns:
         shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
     """
+    from scipy.special import softmax as softmax_rows  # lazy: a cached `lead rank` imports the registry, not scipy
     theta = softmax_rows(source_logits, axis=1)
     onehot = np.eye(n_classes)[codes]
     joint = onehot.T @ theta / codes.shape[0]  # (K, Cs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 import numpy as np
-from scipy.special import softmax
 
 from lead.errors import ScoreError
 from lead.scoring._validate import check_inputs
@@ -42,6 +41,7 @@ def leep(logits, labels: Sequence[Hashable] | np.ndarray) -> float:
     Notes:
         Cost O(N Cs K); memory O(N Cs + K Cs).
     """
+    from scipy.special import softmax  # lazy: importing the registry must not import scipy
     where = "leep"
     s, enc = check_inputs(logits, labels, where=where, name="logits")
     return leep_from_probabilities(softmax(s, axis=1), enc.codes, enc.n_classes, where=where)

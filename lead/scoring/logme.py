@@ -13,7 +13,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 
 from lead.errors import ScoreError
 from lead.scoring._validate import check_inputs
@@ -170,6 +169,7 @@ def _solve_t(sigma: np.ndarray, x2: np.ndarray, res: float, n: int) -> float:
     evidence by decades to a bracket, then Brent's method. If the evidence rises all the way to
     t = sigma_max / LIMIT_RTOL (or down to sigma_min LIMIT_RTOL), its supremum is that limit.
     """
+    from scipy.optimize import brentq  # lazy: importing the registry must not import scipy
     t_low, t_high = float(sigma.min()) * LIMIT_RTOL, float(sigma.max()) / LIMIT_RTOL
     t = min(max(1.0, t_low), t_high)
     for _ in range(FIXED_POINT_STEPS):

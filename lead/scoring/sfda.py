@@ -10,7 +10,6 @@ import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
-from scipy.special import softmax
 
 from lead.errors import InputError
 from lead.scoring._validate import check_inputs
@@ -64,6 +63,7 @@ def sfda(features, labels: Sequence[Hashable] | np.ndarray) -> float:
         S^-1 m = V diag(1 / ((1 - lambda) l + lambda mu)) V^T m + (m - V V^T m) / (lambda mu).
         Cost O(N D min(N, D) + N D K); no N x N matrix.
     """
+    from scipy.special import softmax  # lazy: importing the registry must not import scipy
     where = "sfda"
     x, enc = check_inputs(features, labels, where=where)
     codes, k = enc.codes, enc.n_classes
@@ -140,6 +140,7 @@ def _posterior(
     log_priors: np.ndarray,
 ) -> np.ndarray:
     """LDA posteriors (N, K) with the shrunk within-class scatter S = (1 - s) S_w + s mu I."""
+    from scipy.special import softmax  # lazy: importing the registry must not import scipy
     proj = vecs.T @ means.T  # (r, K)
     coef = vecs @ (proj / ((1.0 - shrinkage) * lam + shrinkage * mu)[:, None])  # in the span of S_w
     if vecs.shape[1] < vecs.shape[0]:  # the rest of R^D, where S = s mu I
