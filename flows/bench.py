@@ -32,6 +32,7 @@ from lead.trackrecord import MIN_MODELS, choose_method, history_suite
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.zoo import load_zoo
 from storage.bench import bench_dir, plot_scores, write_bench_table
+from storage.store import Store
 from storage.tracking import RunRecord, Tracker, run_url
 from tasks.score import score_model
 
@@ -84,7 +85,7 @@ def score_stored(files: dict[str, Path], methods: list[str]) -> dict[str, dict[s
     Returns ``{method: {model: score}}``; a method that fails on a model leaves that model out."""
     out: dict[str, dict[str, float]] = {m: {} for m in methods}
     for model, path in files.items():
-        res = score_model(model, str(path), methods)
+        res = score_model(model, str(Path(path).parent), Path(path).name, methods)
         for m in methods:
             if "score" in res[m]:
                 out[m][model] = res[m]["score"]
@@ -150,7 +151,7 @@ def evaluate_scores(
 
     mlflow_info: dict = {"tracking_uri": settings.tracking_uri}
     try:
-        tracker = Tracker(settings.tracking_uri, artifact_root=settings.store / "mlflow-artifacts")
+        tracker = Tracker(settings.tracking_uri, artifact_root=Store.of(settings.store).mlflow_artifacts)
         exp = tracker.ensure_experiment(experiment or f"lead-bench/{s.name}")
         parent = tracker.start_parent(exp, run_name=f"bench-{s.name}-{run_id}", tags={"suite": s.name, "lead_run_id": run_id})
         metrics = {f"tau.{r['method']}.{r['dataset']}": r["weighted_tau"] for r in rows if math.isfinite(r["weighted_tau"])}

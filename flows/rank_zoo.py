@@ -26,7 +26,6 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
 from lead import __version__
 from lead.config import Settings
@@ -38,7 +37,9 @@ from lead.scoring.ranking import parse_methods as parse_method_list
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.trackrecord import is_auto, resolve_auto
 from lead.zoo import load_zoo, weights_digest, zoo_digest
-from storage.logits import check_cached, logits_path
+from lead.dataref import DatasetRef
+from storage.logits import check_cached
+from storage.store import Store
 from storage.rankings import write_rankings
 from storage.tracking import RunRecord, Tracker, run_url, ui_command
 from tasks.extract import extract_logits, extraction_key
@@ -141,7 +142,9 @@ def rank_zoo(
         logger.info("--method auto: %s", auto.reason)
         methods = auto.methods
     parse_methods(methods)  # unknown methods fail before any work
-    ds = check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=dataset_name))
+    st = Store.of(settings.store)
+    ds = check_rankable(resolve_dataset(dataset, datasets_dir=st.datasets_dir, name=dataset_name))
+    ref = DatasetRef.of(dataset, ds)
     for note in ds.notes:
         logger.warning("dataset %s: %s", ds.name, note)
     fingerprint = ds.fingerprint()
@@ -153,7 +156,7 @@ def rank_zoo(
     mlflow_info: dict = {"tracking_uri": settings.tracking_uri, "ui_command": ui_command(settings.tracking_uri)}
     tracker = experiment_id = parent_id = None
     try:
-        tracker = Tracker(settings.tracking_uri, artifact_root=settings.store / "mlflow-artifacts")
+        tracker = Tracker(settings.tracking_uri, artifact_root=st.mlflow_artifacts)
         experiment_id = tracker.ensure_experiment(f"lead/{ds.name}")
         parent_id = tracker.start_parent(
             experiment_id,
@@ -177,6 +180,7 @@ def rank_zoo(
         for s in specs
     }
     futures = {}
+    keys: dict[str, str] = {}  # each model's logits file, as a key under the store
     warnings: list[str] = []  # printed under the ranking and kept in the selection
     for position, spec in enumerate(specs):
         try:
@@ -186,18 +190,20 @@ def rank_zoo(
             logger.error("%s: %s", spec.name, err)
             continue
         key = extraction_key(fingerprint, spec, digest)
-        out = logits_path(settings.store, fingerprint, spec.name, key)
+        keys[spec.name] = st.logits_key(fingerprint, spec.name, key)
+        out = st.path(keys[spec.name])
         cached, damaged = check_cached(out, key)  # reads the file whole: a damaged one is set aside
         if damaged:
             logger.warning("%s: %s", spec.name, damaged)
             warnings.append(f"{spec.name}: {damaged}")
         task = extract_logits.with_options(refresh_cache=not cached)
         futures[spec.name] = task.submit(
-            quote(ds),
+            ref,
             spec,
             cache_key=key,
             weights_digest=digest,
-            out_path=str(out),
+            store=str(st.root),
+            key=keys[spec.name],
             device=settings.device,
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
@@ -225,7 +231,7 @@ def rank_zoo(
         cached = state.name == "Cached" or not result.get("extracted", True)
         models[name]["extraction"] = {"status": "cached" if cached else "extracted", "path": result["path"],
                                       "seconds": 0.0 if cached else result["seconds"]}
-        score_futures[name] = (score_model, result["path"])
+        score_futures[name] = (score_model, keys[name])
 
     # The methods are decided on the images actually read (unreadable ones were skipped).
     n_read = min(rows_read.values()) if rows_read else len(ds) - len(skipped)
@@ -235,7 +241,7 @@ def rank_zoo(
     if plan.fallback:
         logger.warning("%s", plan.fallback)
     method_ids, primary = list(plan.methods), plan.primary
-    score_futures = {name: task.submit(name, path, list(plan.computed)) for name, (task, path) in score_futures.items()}
+    score_futures = {name: task.submit(name, str(st.root), key, list(plan.computed)) for name, (task, key) in score_futures.items()}
 
     scores: dict[str, dict[str, float]] = {m: {} for m in plan.computed}
     errors: dict[str, dict[str, str]] = {}

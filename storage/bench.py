@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.files import atomic_write
+from storage.store import Store
 
 BENCH_SCHEMA = pa.schema(
     [
@@ -36,14 +37,14 @@ BENCH_SCHEMA = pa.schema(
 
 
 def bench_dir(store: Path, suite: str) -> Path:
-    return Path(store) / "bench" / f"suite={suite}"
+    return Store.of(store).bench_dir(suite)
 
 
 def write_bench_table(store: Path, suite: str, run_id: str, created_at: datetime, rows: list[dict]) -> Path:
     """Write one bench run's rows atomically; returns the Parquet path."""
     full = [{**r, "run_id": run_id, "created_at": created_at, "suite": suite} for r in rows]
     table = pa.Table.from_pylist(full, schema=BENCH_SCHEMA)
-    return atomic_write(bench_dir(store, suite) / f"run={run_id}.parquet", lambda tmp: pq.write_table(table, tmp))
+    return Store.of(store).write(bench_dir(store, suite) / f"run={run_id}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def plot_scores(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.files import atomic_write
+from storage.store import Store
 
 RANKINGS_SCHEMA = pa.schema(
     [
@@ -42,11 +42,11 @@ RANKINGS_SCHEMA = pa.schema(
 )
 
 
-def rankings_path(store: Path, dataset_fingerprint: str, run_id: str) -> Path:
-    return Path(store) / "rankings" / f"dataset={dataset_fingerprint}" / f"run={run_id}.parquet"
+def rankings_path(store: Store | Path, dataset_fingerprint: str, run_id: str) -> Path:
+    return Store.of(store).rankings_file(dataset_fingerprint, run_id)
 
 
 def write_rankings(store: Path, dataset_fingerprint: str, run_id: str, rows: list[dict]) -> Path:
     """Write one selection's rows atomically (temporary file, then ``os.replace``). Returns the path."""
     table = pa.Table.from_pylist(rows, schema=RANKINGS_SCHEMA)
-    return atomic_write(rankings_path(store, dataset_fingerprint, run_id), lambda tmp: pq.write_table(table, tmp))
+    return Store.of(store).write(rankings_path(store, dataset_fingerprint, run_id), lambda tmp: pq.write_table(table, tmp))
