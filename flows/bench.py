@@ -326,8 +326,8 @@ def bench(
             failures[name] = error_text(err)
             logger.error("dataset %s could not be ranked: %s", name, err)
             continue
-        selections[name] = sel["run_id"]
-        scores[name] = {m: {x["model"]: x["scores"][m] for x in sel["models"] if m in x["scores"]} for m in method_ids}
+        selections[name] = sel.run_id
+        scores[name] = sel.scores_by_method(method_ids)
 
     result = evaluate_scores(s, scores, method_ids, settings=settings, specs=specs, failures=failures,
                              tags={"selection_runs": json.dumps(selections)}, logger=logger)

@@ -204,16 +204,17 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=True)
 
 
-def _print_selection(sel: dict) -> None:
+def _print_selection(sel) -> None:
+    """Render a :class:`lead.selection.Selection`: the table, then what a reader must know about it."""
     from rich.markup import escape
     from rich.table import Table
 
     console = _console()
-    methods = sel["methods"]
-    n_models = len(sel["models"])
+    methods, primary = sel.methods, sel.primary_method
+    n_models = len(sel.models)
     table = Table(
-        title=f"Ranking of {n_models} model{'s' if n_models != 1 else ''} on {sel['dataset']} "
-        f"({sel['n_samples']} images, {sel['n_classes']} classes), by {sel['primary_method']}",
+        title=f"Ranking of {n_models} model{'s' if n_models != 1 else ''} on {sel.dataset} "
+        f"({sel.n_samples} images, {sel.n_classes} classes), by {primary}",
         title_justify="left",
     )
     table.add_column("rank", justify="right")
@@ -222,53 +223,64 @@ def _print_selection(sel: dict) -> None:
         table.add_column(m, justify="right")
     table.add_column("extraction")
     table.add_column("status")
-    for m in sel["models"]:
-        extraction = m["extraction"]["status"] if m["extraction"] else "-"
-        if m["extraction"] and m["extraction"]["status"] == "extracted":
-            extraction += f" ({m['extraction']['seconds']:.1f} s)"
+    for m in sel.models:
+        extraction = m.extraction.status if m.extraction else "-"
+        if m.extraction and m.extraction.status == "extracted":
+            extraction += f" ({m.extraction.seconds:.1f} s)"
         table.add_row(
-            str(m["ranks"].get(sel["primary_method"], "-")),
-            m["model"],
-            *[f"{m['scores'][k]:.4f}" if k in m["scores"] else "-" for k in methods],
+            str(m.ranks.get(primary, "-")),
+            m.model,
+            *[f"{m.scores[k]:.4f}" if k in m.scores else "-" for k in methods],
             extraction,
-            "ok" if m["status"] == "ok" else f"failed: {m['error'][:150]}{'...' if len(m['error']) > 150 else ''}",
+            "ok" if m.ok else f"failed: {m.error[:150]}{'...' if len(m.error) > 150 else ''}",
         )
     console.print(table)
-    for method in methods:
-        failed = {m["model"]: m["method_errors"][method] for m in sel["models"] if method in m.get("method_errors", {})
-                  and m["status"] == "ok"}
+    _print_method_notes(console, sel)
+    tied = sel.best_models
+    best = f"tie between {', '.join(tied[:-1])} and {tied[-1]}" if len(tied) > 1 else sel.best_model or "none"
+    console.print(f"best model: [bold]{escape(best)}[/bold]   ({sel.seconds:.1f} s)")
+    _print_selection_notes(console, sel)
+
+
+def _print_method_notes(console, sel) -> None:
+    """Methods that could not score some models, methods that do not tell the models apart, ``auto``."""
+    for method in sel.methods:
+        failed = {m.model: m.method_errors[method] for m in sel.models if method in m.method_errors and m.ok}
         if failed:
             reasons = sorted(set(failed.values()))
             console.print(f"[yellow]{method} not computed for {len(failed)} model(s)[/yellow] ({', '.join(failed)}): "
                           f"{reasons[0]}{f' (and {len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''}")
-    for method in methods:
-        ranks = [m["ranks"][method] for m in sel["models"] if method in m["ranks"]]
+    for method in sel.methods:
+        ranks = [m.ranks[method] for m in sel.models if method in m.ranks]
         if len(ranks) > 1 and len(set(ranks)) == 1:
             console.print(f"[yellow]{method} gives every model the same score[/yellow]: it does not tell them apart here.")
-    if sel.get("auto"):
-        console.print(f"method auto: ranked by [bold]{sel['primary_method']}[/bold]: {sel['auto']['reason']}")
-    tied = sel.get("best_models", [])
-    best = f"tie between {', '.join(tied[:-1])} and {tied[-1]}" if len(tied) > 1 else sel["best_model"] or "none"
-    console.print(f"best model: [bold]{escape(best)}[/bold]   ({sel['seconds']:.1f} s)")
-    for method, why in sel.get("dropped_methods", {}).items():
+    if sel.auto:
+        console.print(f"method auto: ranked by [bold]{sel.primary_method}[/bold]: {sel.auto['reason']}")
+
+
+def _print_selection_notes(console, sel) -> None:
+    """Dropped methods, the fallback, dataset notes, warnings, skipped images, where it was recorded."""
+    from rich.markup import escape
+
+    for method, why in sel.dropped_methods.items():
         console.print(f"[yellow]{method} left out of the default methods[/yellow]: it {why}")
-    if sel.get("fallback"):
-        console.print(f"[yellow]{sel['fallback']}[/yellow]")
-    for note in sel.get("dataset_notes", []):
+    if sel.fallback:
+        console.print(f"[yellow]{sel.fallback}[/yellow]")
+    for note in sel.dataset_notes:
         console.print(f"[yellow]dataset[/yellow]: {note}")
-    for warning in sel.get("warnings", []):
+    for warning in sel.warnings:
         console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
-    if sel.get("skipped_images"):
-        shown = ", ".join(f"{x['sample_id']} ({x['error']})" for x in sel["skipped_images"][:10])
-        more = f" and {len(sel['skipped_images']) - 10} more" if len(sel["skipped_images"]) > 10 else ""
-        console.print(f"[yellow]skipped {len(sel['skipped_images'])} unreadable images[/yellow]: {shown}{more}")
-    console.print(f"rankings table: {sel['rankings_path']}")
-    ml = sel["mlflow"]
-    if ml.get("run_id"):
-        console.print(f"MLflow run: {ml['run_id']} in experiment lead/{sel['dataset']} ({ml['tracking_uri']})")
-        console.print(f"open it with: {ml['ui_command']}  then {ml['url']}")
-    if ml.get("error"):
-        console.print(f"[red]MLflow logging failed[/red]: {ml['error']} (the ranking is in the rankings table)")
+    if sel.skipped_images:
+        shown = ", ".join(f"{x['sample_id']} ({x['error']})" for x in sel.skipped_images[:10])
+        more = f" and {len(sel.skipped_images) - 10} more" if len(sel.skipped_images) > 10 else ""
+        console.print(f"[yellow]skipped {len(sel.skipped_images)} unreadable images[/yellow]: {shown}{more}")
+    console.print(f"rankings table: {sel.rankings_path}")
+    ml = sel.mlflow
+    if ml.run_id:
+        console.print(f"MLflow run: {ml.run_id} in experiment lead/{sel.dataset} ({ml.tracking_uri})")
+        console.print(f"open it with: {ml.ui_command}  then {ml.url}")
+    if ml.error:
+        console.print(f"[red]MLflow logging failed[/red]: {ml.error} (the ranking is in the rankings table)")
 
 
 @app.command()
@@ -310,36 +322,30 @@ def rank(
     if max_workers:
         os.environ["LEAD_MAX_WORKERS"] = str(max_workers)
     from lead.config import Settings
-    from lead.data import check_rankable, resolve_dataset
     from lead.errors import DatasetError, InputError, ModelLoadError, ScoreError
-    from lead.zoo import load_zoo
 
     restore = lambda: None  # noqa: E731 - the signal handlers to put back
     try:
-        # Check the cheap things before a flow run starts, so mistakes cost a second, not a server start.
-        settings = Settings.from_env(store=store)
-        check_rankable(resolve_dataset(dataset, datasets_dir=settings.store / "datasets", name=name))
+        # Plan before a flow run starts (dataset, zoo, methods, settings), so mistakes cost a second, not a
+        # server start; the flow gets the plan's values.
+        from flows.rank_zoo import plan_for_store, rank_zoo, task_runner
         from lead.extract import select_device
 
-        select_device(device or settings.device)
-        load_zoo(zoo)
-        from flows.rank_zoo import parse_methods
-
-        from lead.trackrecord import is_auto
-
-        if not is_auto(method):
-            parse_methods(method)
-        from flows.rank_zoo import rank_zoo, task_runner
-
-        flow = rank_zoo.with_options(task_runner=task_runner(Settings.from_env(store=store, max_workers=max_workers)))
+        settings = Settings.from_env(store=store, tracking_uri=tracking_uri, batch_size=batch_size, max_workers=max_workers,
+                                     num_workers=num_workers, auto_min_datasets=auto_min_datasets,
+                                     **({"device": device} if device else {}))
+        plan = plan_for_store(dataset, zoo, method, settings, dataset_name=name)
+        select_device(settings.device)
+        flow = rank_zoo.with_options(task_runner=task_runner(settings))
         restore = _cancel_on_interrupt()
         from flows.ephemeral import ensure_api
 
         ensure_api()  # a temporary Prefect server that ends with this process, if none is configured
         sel = _run_flow(
-            flow, dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,
-            dataset_name=name, device=device, batch_size=batch_size, num_workers=num_workers, show_progress=not as_json and sys.stderr.isatty() or verbose,
-            auto_min_datasets=auto_min_datasets,
+            flow, dataset=plan.dataset, zoo=zoo, methods=method, store=str(settings.store), tracking_uri=settings.tracking_uri,
+            dataset_name=plan.dataset.name, device=settings.device, batch_size=settings.batch_size,
+            num_workers=settings.num_workers, show_progress=not as_json and sys.stderr.isatty() or verbose,
+            auto_min_datasets=settings.auto_min_datasets,
         )
         restore()
     except BaseException as err:
@@ -359,7 +365,7 @@ def rank(
     if CANCEL.is_set():  # interrupted after some models finished: not a complete ranking
         _interrupted()
     if as_json:
-        typer.echo(json.dumps(sel, indent=2, default=str))
+        typer.echo(json.dumps(sel.to_dict(), indent=2, default=str))
     else:
         _print_selection(sel)
 

@@ -13,11 +13,13 @@ the table with its reason.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lead.selection import Selection
 from storage.store import Store
 
 RANKINGS_SCHEMA = pa.schema(
@@ -50,3 +52,20 @@ def write_rankings(store: Path, dataset_fingerprint: str, run_id: str, rows: lis
     """Write one selection's rows atomically (temporary file, then ``os.replace``). Returns the path."""
     table = pa.Table.from_pylist(rows, schema=RANKINGS_SCHEMA)
     return Store.of(store).write(rankings_path(store, dataset_fingerprint, run_id), lambda tmp: pq.write_table(table, tmp))
+
+
+def selection_rows(sel: Selection, *, created_at: datetime, params_json: str, mlflow_run_id: str,
+                   flow_run_id: str) -> list[dict]:
+    """The rankings rows of a selection: one per (model, method), best model first."""
+    return [
+        {
+            "run_id": sel.run_id, "created_at": created_at, "dataset": sel.dataset,
+            "dataset_fingerprint": sel.dataset_fingerprint, "model": m.model, "method": method,
+            "score": m.scores.get(method), "rank": m.ranks.get(method), "n_samples": sel.n_read,
+            "n_classes": sel.n_classes, "mlflow_run_id": mlflow_run_id, "flow_run_id": flow_run_id,
+            "params_json": params_json, "status": "ok" if method in m.scores else "failed",
+            "error": m.error or m.method_errors.get(method, ""),
+        }
+        for m in sel.models
+        for method in sel.methods
+    ]
