@@ -182,13 +182,8 @@ def evaluate_scores(
 TRACK_RECORD_EXPERIMENT = "lead-track-record"
 
 
-def track_record(
-    store: str | None = None,
-    tracking_uri: str | None = None,
-    zoo: str | None = None,
-    metric: str | None = None,
-    min_models: int = MIN_MODELS,
-) -> dict:
+def track_record(store: str | None = None, tracking_uri: str | None = None, zoo: str | None = None,
+                 metric: str | None = None, min_models: int = MIN_MODELS) -> dict:
     """The store's track record, evaluated and reported like a suite (``lead bench --history``).
 
     Each dataset's latest selection (its scores per model and method, ``storage.history.latest_scores``)

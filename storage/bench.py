@@ -15,24 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.files import atomic_write
+from storage.tables import table_schema
 from storage.store import Store
 
-BENCH_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("suite", pa.string()),
-        ("dataset", pa.string()),
-        ("method", pa.string()),
-        ("n_models", pa.int32()),
-        ("weighted_tau", pa.float64()),
-        ("kendall_tau", pa.float64()),
-        ("spearman_rho", pa.float64()),
-        ("top1_hit", pa.float64()),
-        ("regret", pa.float64()),
-        ("note", pa.string()),
-    ],
-    metadata={"lead.schema_version": "1", "lead.table": "bench"},
+BENCH_SCHEMA = table_schema(
+    "bench",
+    "run_id string, created_at timestamp, suite string, dataset string, method string, "
+    "n_models int32, weighted_tau float64, kendall_tau float64, spearman_rho float64, "
+    "top1_hit float64, regret float64, note string",
 )
 
 

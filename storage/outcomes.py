@@ -27,24 +27,14 @@ import pyarrow.parquet as pq
 
 from lead.errors import InputError
 from lead.trackrecord import Outcome, Reconciled, Recorded, check_outcome, reconcile
+from storage.tables import table_schema
 from storage.store import OUTCOMES_GLOB, Store
 
-OUTCOMES_SCHEMA = pa.schema(
-    [
-        ("outcome_id", pa.string()),
-        ("recorded_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("dataset_fingerprint", pa.string()),
-        ("model", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("unit", pa.string()),
-        ("accuracy", pa.float64()),
-        ("note", pa.string()),
-        ("source", pa.string()),
-        ("replaced", pa.float64()),
-    ],
-    metadata={"lead.schema_version": "1", "lead.table": "outcomes"},
+OUTCOMES_SCHEMA = table_schema(
+    "outcomes",
+    "outcome_id string, recorded_at timestamp, dataset string, dataset_fingerprint string, "
+    "model string, metric string, value float64, unit string, accuracy float64, note string, "
+    "source string, replaced float64",
 )
 #: Seconds to wait for another process recording outcomes.
 LOCK_TIMEOUT_S = 60

@@ -20,27 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lead.selection import Selection
+from storage.tables import table_schema
 from storage.store import Store
 
-RANKINGS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("dataset_fingerprint", pa.string()),
-        ("model", pa.string()),
-        ("method", pa.string()),
-        ("score", pa.float64()),
-        ("rank", pa.int32()),
-        ("n_samples", pa.int64()),
-        ("n_classes", pa.int32()),
-        ("mlflow_run_id", pa.string()),
-        ("flow_run_id", pa.string()),
-        ("params_json", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-    ],
-    metadata={"lead.schema_version": "1", "lead.table": "rankings"},
+RANKINGS_SCHEMA = table_schema(
+    "rankings",
+    "run_id string, created_at timestamp, dataset string, dataset_fingerprint string, "
+    "model string, method string, score float64, rank int32, n_samples int64, "
+    "n_classes int32, mlflow_run_id string, flow_run_id string, params_json string, "
+    "status string, error string",
 )
 
 

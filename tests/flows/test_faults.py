@@ -297,6 +297,7 @@ def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path,
     """64 bytes overwritten inside a column chunk of a cached file (footer intact): the rerun detects it by
     the page checksums, names the file, sets it aside and extracts again; the scores are the intact ones."""
     from flows.cli import _print_selection
+    from lead.selection import Selection
     from flows.rank_zoo import rank_zoo
     from tests.storage.test_storage import damage
 
@@ -313,7 +314,7 @@ def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path,
     assert warning.startswith(f"efficientnet_lite0.in1k: logits file {path} must read back as written; got OSError: ")
     assert warning.endswith(f"Set aside as {path.name}.corrupt; extracting again.")
     capsys.readouterr()
-    _print_selection(again)
+    _print_selection(Selection.from_dict(again))
     assert f"warning: {warning}" in capsys.readouterr().out.replace("\n", "")
 
 
