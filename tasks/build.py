@@ -119,6 +119,14 @@ def _load_target(target: Target, path: str) -> TargetData:
     return TargetData.load(target, Path(path))
 
 
+def _model_on(spec: ModelSpec, target: Target, target_path: str):
+    """One torch thread; then the target's arrays, the loaded model and its inputs
+    ``(train x, train y, test x, test y)`` (:func:`lead.benchbuild.model_inputs`)."""
+    set_threads()
+    data = _load_target(target, target_path)
+    return data, load_model(spec), model_inputs(data, spec)
+
+
 def _extract_key(ctx, p) -> str:
     return f"bench-extract-{digest([p['spec'], p['weights'], p['target_path'], BUILD_VERSION, p['out']])}"
 
@@ -166,10 +174,7 @@ def backbone_kernel(spec: ModelSpec, weights: str, target: Target, target_path: 
     record = Path(work) / "kernels" / f"{key}.json"
     if record.is_file():
         return json.loads(record.read_text())
-    set_threads()
-    data = _load_target(target, target_path)
-    model = load_model(spec)
-    x, _, _, _ = model_inputs(data, spec)
+    data, model, (x, _, _, _) = _model_on(spec, target, target_path)
     k = backbone_class_kernel(model, x, data.train_y, len(data.classes), n_per_class=KERNEL_PER_CLASS)
     n = np.bincount(data.train_y, minlength=len(data.classes)).clip(max=KERNEL_PER_CLASS)
     rows = [{"dataset": target.name, "model": spec.name, "class": c, "lambda_head": float(k["head"][i]),
@@ -193,10 +198,7 @@ def finetune_run(spec: ModelSpec, weights: str, target: Target, target_path: str
     record = Path(work) / "finetune" / f"{key}.json"
     if record.is_file():
         return json.loads(record.read_text())
-    set_threads()
-    data = _load_target(target, target_path)
-    model = load_model(spec)
-    tr_x, tr_y, te_x, te_y = model_inputs(data, spec)
+    data, model, (tr_x, tr_y, te_x, te_y) = _model_on(spec, target, target_path)
     res = finetune(model, protocol, lr, seed, tr_x, tr_y, te_x, te_y, num_classes=len(data.classes))
     out = {"model": spec.name, "dataset": target.name, "lr": lr, "seed": seed, **res}
     write_json(record, out)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lead.data import ImageDataset, content_digest
 from lead.errors import DatasetError
+from lead.registry import Registry, one_of
 
 
 @dataclass(frozen=True)
@@ -54,36 +55,21 @@ class DatasetSource:
         return self.usage() if callable(self.usage) else self.usage
 
 
-_REGISTRY: dict[str, DatasetSource] = {}
+_REGISTRY: Registry[DatasetSource] = Registry("dataset source name", lambda s: s.name)
 
 
-def register(source: DatasetSource) -> DatasetSource:
-    """Add a dataset source after the registered ones (its name must be new). Returns it.
-
-    Raises:
-        ValueError: the name is already registered.
-    """
-    if source.name in _REGISTRY:
-        raise ValueError(f"register: dataset source name must be unique; {source.name!r} is already registered.")
-    _REGISTRY[source.name] = source
-    return source
-
-
-def unregister(name: str) -> None:
-    """Remove a source (for tests that register a throwaway one); unknown names are ignored."""
-    _REGISTRY.pop(name, None)
-
-
-def sources() -> list[str]:
-    """The registered source names, in the order a ``--dataset`` is tried against them."""
-    return list(_REGISTRY)
+#: ``register(source) -> source``: add a dataset source after the others; ValueError when its name is taken.
+register = _REGISTRY.register
+#: ``unregister(name)``: remove a source (for tests that register a throwaway one); unknown ones are ignored.
+unregister = _REGISTRY.unregister
+#: ``sources() -> list[str]``: the registered names, in the order a ``--dataset`` is tried against them.
+sources = _REGISTRY.names
 
 
 def usages() -> str:
     """The registered forms as one phrase, e.g. ``an ImageFolder directory, a .csv manifest (path,label),
     a demo name (animal-mnist-fewshot, mnist-5k) or torchvision:<Class>[:<split>]`` (for ``--help``)."""
-    forms = [s.describe() for s in _REGISTRY.values()]
-    return forms[0] if len(forms) == 1 else f"{', '.join(forms[:-1])} or {forms[-1]}"
+    return one_of([s.describe() for s in _REGISTRY])
 
 
 def find_source(spec: str | Path) -> tuple[DatasetSource, str]:
@@ -93,7 +79,7 @@ def find_source(spec: str | Path) -> tuple[DatasetSource, str]:
         DatasetError: no source claims it (the message lists every registered form).
     """
     text = str(spec)
-    for source in _REGISTRY.values():
+    for source in _REGISTRY:
         ref = source.parse(text)
         if ref is not None:
             return source, ref

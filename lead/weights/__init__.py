@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lead.errors import InputError
+from lead.registry import Registry, one_of
 
 if TYPE_CHECKING:
     from lead.zoo import ModelSpec
@@ -52,38 +53,27 @@ class WeightSource:
     description: str = ""
 
 
-_REGISTRY: dict[str, WeightSource] = {}
+def _check_scheme(scheme: str) -> None:
+    if not scheme or ":" in scheme or scheme != scheme.lower():
+        raise ValueError(f"register: scheme must be a lowercase word without ':'; got {scheme!r}.")
 
 
-def register(source: WeightSource) -> WeightSource:
-    """Add a weight source to the registry (its scheme must be new and a plain lowercase word). Returns it.
-
-    Raises:
-        ValueError: the scheme is already registered or contains a colon.
-    """
-    if not source.scheme or ":" in source.scheme or source.scheme != source.scheme.lower():
-        raise ValueError(f"register: scheme must be a lowercase word without ':'; got {source.scheme!r}.")
-    if source.scheme in _REGISTRY:
-        raise ValueError(f"register: weight scheme must be unique; {source.scheme!r} is already registered.")
-    _REGISTRY[source.scheme] = source
-    return source
+_REGISTRY: Registry[WeightSource] = Registry("weight scheme", lambda s: s.scheme, _check_scheme)
 
 
-def unregister(scheme: str) -> None:
-    """Remove a scheme (for tests that register a throwaway source); unknown schemes are ignored."""
-    _REGISTRY.pop(scheme, None)
-
-
-def schemes() -> list[str]:
-    """The registered schemes, in registration order."""
-    return list(_REGISTRY)
+#: ``register(source) -> source``: add a weight source after the others; ValueError when its scheme is
+#: taken, holds a colon or upper case.
+register = _REGISTRY.register
+#: ``unregister(scheme)``: remove a scheme (for tests that register a throwaway source); unknown ones are ignored.
+unregister = _REGISTRY.unregister
+#: ``schemes() -> list[str]``: the registered schemes, in registration order.
+schemes = _REGISTRY.names
 
 
 def usages() -> str:
     """The registered forms as one phrase: ``timm:<tag>, file:<path>, pypi:<package> or torchvision:<weights>``
     (for ``--help`` texts and error messages)."""
-    forms = [s.usage for s in _REGISTRY.values()]
-    return forms[0] if len(forms) == 1 else f"{', '.join(forms[:-1])} or {forms[-1]}"
+    return one_of([s.usage for s in _REGISTRY])
 
 
 def get_source(scheme: str) -> WeightSource:
@@ -92,10 +82,10 @@ def get_source(scheme: str) -> WeightSource:
     Raises:
         InputError: unknown scheme (the message lists the registered forms).
     """
-    try:
-        return _REGISTRY[scheme]
-    except KeyError:
-        raise InputError(f"weights must be {usages()}; got scheme {scheme!r}.") from None
+    source = _REGISTRY.get(scheme)
+    if source is None:
+        raise InputError(f"weights must be {usages()}; got scheme {scheme!r}.")
+    return source
 
 
 def split(weights: str) -> tuple[str, str]:
@@ -120,7 +110,7 @@ def parse_weights(weights: str, base: Path, where: str) -> str:
     scheme, value = split(weights)
     if scheme not in _REGISTRY or not value:
         raise InputError(f"{where} weights must be {usages()}; got {weights!r}.")
-    return f"{scheme}:{_REGISTRY[scheme].parse(value, base)}"
+    return f"{scheme}:{_REGISTRY.get(scheme).parse(value, base)}"
 
 
 def weights_digest(spec: ModelSpec) -> str:

@@ -3,6 +3,7 @@ and the sha256 of a checkpoint's bytes (cached on path, size and modification ti
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,17 @@ if TYPE_CHECKING:
 
 #: Suffixes of checkpoint files (safetensors, PyTorch).
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def as_written(value: str, base: Path) -> str:
+    """``parse`` of a source whose value names remote weights: kept as written, checked when loaded."""
+    return value
+
+
+def named_digest(scheme: str, spec: ModelSpec, version: str) -> str:
+    """Identity of remote weights: sha256 hex of ``<scheme>:<arch>.<value>@<library version>`` (the bytes
+    are not here; the name and the library that resolves it identify them)."""
+    return hashlib.sha256(f"{scheme}:{spec.arch}.{spec.source}@{version}".encode()).hexdigest()
 
 
 @lru_cache(maxsize=256)

@@ -6,23 +6,18 @@ library version that resolves it name them).
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from lead.errors import ModelLoadError
-from lead.weights._checkpoint import create, num_classes_kwargs
+from lead.weights._checkpoint import as_written, create, named_digest, num_classes_kwargs
 
-
-def parse(value: str, base: Path) -> str:
-    """The tag as written (checked when the weights are loaded)."""
-    return value
+#: The tag as written (checked when the weights are loaded).
+parse = as_written
 
 
 def digest(spec) -> str:
     """sha256 hex of ``timm:<arch>.<tag>@<timm.__version__>``."""
     import timm
 
-    return hashlib.sha256(f"timm:{spec.arch}.{spec.source}@{timm.__version__}".encode()).hexdigest()
+    return named_digest("timm", spec, timm.__version__)
 
 
 def load(spec):

@@ -7,22 +7,18 @@ model is wrapped to offer timm's ``forward_features``/``forward_head``. The dige
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from lead.errors import ModelLoadError
+from lead.weights._checkpoint import as_written, named_digest
 
-
-def parse(value: str, base: Path) -> str:
-    """The weights name as written (checked when the weights are loaded)."""
-    return value
+#: The weights name as written (checked when the weights are loaded).
+parse = as_written
 
 
 def digest(spec) -> str:
     """sha256 hex of ``torchvision:<arch>.<weights>@<torchvision.__version__>``."""
     import torchvision
 
-    return hashlib.sha256(f"torchvision:{spec.arch}.{spec.source}@{torchvision.__version__}".encode()).hexdigest()
+    return named_digest("torchvision", spec, torchvision.__version__)
 
 
 def load(spec):
