@@ -90,48 +90,85 @@ def _halves(images: np.ndarray, labels: np.ndarray, half: str) -> tuple[np.ndarr
     return images[start::2], labels[start::2]
 
 
+# Each benchmark source returns (images (n, h, w) uint8, labels (n,) int64, class names); registered by name in
+# BENCH_SOURCES below, in the order the error for an unknown source lists them.
+
+def _animal_mnist():
+    from lead.datasets.demo import ANIMAL_MNIST_CLASSES, _animal_mnist_arrays
+
+    images, labels = _animal_mnist_arrays()
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)  # 284 exact duplicates
+    keep = np.sort(first)
+    return images[keep], labels[keep], list(ANIMAL_MNIST_CLASSES)
+
+
+def _mnist_5k():
+    from lead.datasets.demo import mnist_5k
+
+    images, names = mnist_5k()
+    return images, np.array([int(n) for n in names]), [str(k) for k in range(10)]
+
+
+def _uci_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # 8 x 8, values 0..16
+    return images, d.target.astype(np.int64), [str(k) for k in range(10)]
+
+
+def _fashion(split: str):
+    images, labels = fashion_mnist(split)
+    return images, labels, list(FASHION_MNIST_CLASSES)
+
+
+def _lfw_faces():
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as err:
+        raise DatasetError(
+            "benchmark source 'lfw-faces': the package scikit-image must be installed; got ImportError. "
+            "Run: pip install 'scikit-image>=0.22'"
+        ) from err
+    faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; the first 100 are faces, the rest are not
+    images = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
+    return images, (np.arange(len(images)) >= 100).astype(np.int64), ["face", "non-face"]
+
+
+def _digits_fashion_20():
+    d_x, d_y, d_c = _source("mnist-5k-b")
+    f_x, f_y, f_c = _base_source("fashion-mnist-test")
+    return np.concatenate([d_x, f_x]), np.concatenate([d_y, f_y + len(d_c)]), [f"digit-{c}" for c in d_c] + f_c
+
+
+def _uci_digits_parity():
+    images, labels, _ = _source("uci-digits-b")
+    return images, labels % 2, ["even", "odd"]
+
+
+#: The benchmark build's sources by name; the first five also come in disjoint halves ``-a``/``-b``.
+BENCH_SOURCES: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]] = {
+    "animal-mnist": _animal_mnist,
+    "mnist-5k": _mnist_5k,
+    "uci-digits": _uci_digits,
+    "fashion-mnist-test": lambda: _fashion("test"),
+    "fashion-mnist-train": lambda: _fashion("train"),
+    "lfw-faces": _lfw_faces,
+    "digits-fashion-20": _digits_fashion_20,
+    "uci-digits-parity": _uci_digits_parity,
+}
+
+
 def _base_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from lead import data
+    """(images, labels, class names) of a source of :data:`BENCH_SOURCES`.
 
-    if source == "animal-mnist":
-        images, labels = data._animal_mnist_arrays()
-        _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)  # 284 exact duplicates
-        keep = np.sort(first)
-        return images[keep], labels[keep], list(data.ANIMAL_MNIST_CLASSES)
-    if source == "mnist-5k":
-        images, names = data.mnist_5k()
-        return images, np.array([int(n) for n in names]), [str(k) for k in range(10)]
-    if source == "uci-digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # 8 x 8, values 0..16
-        return images, d.target.astype(np.int64), [str(k) for k in range(10)]
-    if source == "fashion-mnist-test":
-        images, labels = fashion_mnist("test")
-        return images, labels, list(FASHION_MNIST_CLASSES)
-    if source == "fashion-mnist-train":
-        images, labels = fashion_mnist("train")
-        return images, labels, list(FASHION_MNIST_CLASSES)
-    if source == "lfw-faces":
-        try:
-            from skimage.data import lfw_subset
-        except ImportError as err:
-            raise DatasetError(
-                "benchmark source 'lfw-faces': the package scikit-image must be installed; got ImportError. "
-                "Run: pip install 'scikit-image>=0.22'"
-            ) from err
-        faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; the first 100 are faces, the rest are not
-        images = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
-        return images, (np.arange(len(images)) >= 100).astype(np.int64), ["face", "non-face"]
-    if source == "digits-fashion-20":
-        d_x, d_y, d_c = _source("mnist-5k-b")
-        f_x, f_y, f_c = _base_source("fashion-mnist-test")
-        return np.concatenate([d_x, f_x]), np.concatenate([d_y, f_y + len(d_c)]), [f"digit-{c}" for c in d_c] + f_c
-    if source == "uci-digits-parity":
-        images, labels, _ = _source("uci-digits-b")
-        return images, labels % 2, ["even", "odd"]
-    raise InputError(f"benchmark source must be one of {', '.join(TARGET_SOURCES)}; got {source!r}.")
+    Raises:
+        InputError: an unknown source (the message lists every source and half).
+    """
+    make = BENCH_SOURCES.get(source)
+    if make is None:
+        raise InputError(f"benchmark source must be one of {', '.join(TARGET_SOURCES)}; got {source!r}.")
+    return make()
 
 
 def _source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -148,8 +185,7 @@ def _target_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return _source(source)
 
 
-_BASE_SOURCES = ("animal-mnist", "mnist-5k", "uci-digits", "fashion-mnist-test", "fashion-mnist-train", "lfw-faces",
-                 "digits-fashion-20", "uci-digits-parity")
+_BASE_SOURCES = tuple(BENCH_SOURCES)
 TARGET_SOURCES = _BASE_SOURCES + tuple(f"{s}-{h}" for s in _BASE_SOURCES[:5] for h in "ab")
 
 #: Domain shifts applied to a source's images (uint8 (n, h, w) -> uint8 (n, h', w')).
