@@ -162,7 +162,7 @@ def _extract_all(plan: RankingPlan, st: Store, models: dict[str, ModelResult], w
     """Fan out one ``extract-logits`` task per model (a cached one refreshed when its file is gone) and
     wait for them; a model that fails is recorded in ``models``."""
     settings, ref = plan.settings, plan.dataset
-    futures, keys = {}, {}
+    futures, keys, todo = {}, {}, []
     for position, spec in enumerate(plan.specs):
         try:
             digest = weights_digest(spec)
@@ -176,6 +176,10 @@ def _extract_all(plan: RankingPlan, st: Store, models: dict[str, ModelResult], w
         if damaged:
             logger.warning("%s: %s", spec.name, damaged)
             warnings.append(f"{spec.name}: {damaged}")
+        todo.append((position, spec, cache_key, digest, cached))
+    if any(not cached for *_, cached in todo):
+        _split_threads(settings, sum(not cached for *_, cached in todo))  # imports torch: only when a model runs
+    for position, spec, cache_key, digest, cached in todo:
         futures[spec.name] = extract_logits.with_options(refresh_cache=not cached).submit(
             ref, spec, cache_key=cache_key, weights_digest=digest, store=str(st.root), key=keys[spec.name],
             device=settings.device, batch_size=settings.batch_size, num_workers=settings.num_workers,
@@ -316,7 +320,6 @@ def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None) ->
     logger.info("dataset %s: %d images, %d classes, fingerprint %s", ref.name, ref.n_samples, plan.n_classes,
                 ref.fingerprint[:12])
     tracking = _Tracking.start(plan.settings, st, ref, run_id, logger)
-    _split_threads(plan.settings, len(plan.specs))
     models = {s.name: ModelResult(s.name, s.arch, s.weights) for s in plan.specs}
     warnings: list[str] = []  # printed under the ranking and kept in the selection
     done = _extract_all(plan, st, models, warnings, show_progress, logger)

@@ -47,10 +47,15 @@ def _fraction_env(name: str, default: float) -> float:
     return _env(name, default, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
+def gpu_driver_present() -> bool:
+    """Whether a GPU driver's device node exists (NVIDIA's /dev/nvidiactl, ROCm's /dev/kfd). Without one torch
+    sees no CUDA device either, so callers can skip importing torch (seconds of CPU) to ask it."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd")
+
+
 def _default_max_workers() -> int:
-    """One extraction per GPU; 2 without one. Importing torch costs seconds of CPU, so it is imported only when
-    a GPU driver is present (NVIDIA's /dev/nvidiactl or ROCm's /dev/kfd): without one torch has no device either."""
-    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd")):
+    """One extraction per GPU; 2 without one (torch is imported only when a GPU driver is present)."""
+    if not gpu_driver_present():
         return 2
     try:
         import torch

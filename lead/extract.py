@@ -45,6 +45,10 @@ def select_device(requested: str | None = None) -> str:
     Raises:
         InputError: an unknown device, or one this machine does not have.
     """
+    from lead.config import gpu_driver_present
+
+    if requested == "cpu" or (requested in (None, "", "auto") and not gpu_driver_present()):
+        return "cpu"  # without importing torch (a cached `lead rank` needs no torch at all)
     import torch
 
     if not requested or requested == "auto":

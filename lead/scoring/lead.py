@@ -252,14 +252,18 @@ def lead_score(features, labels: Sequence[Hashable] | np.ndarray, params: LeadPa
         kernel, O(N K) for the rest. Samples are put in a canonical order first, so the score is invariant
         to sample order and class names.
     """
-    return lead_details(features, labels, params, class_kernel=class_kernel, logits=logits, **knobs).score
+    return _lead(features, labels, LeadParams.from_knobs(params, **knobs), class_kernel, logits, score_only=True)
 
 
 def lead_details(features, labels, params: LeadParams | None = None, *, class_kernel=None, logits=None,
                  **knobs) -> LeadResult:
     """Like :func:`lead_score` (same arguments and errors) but returns every intermediate as a :class:`LeadResult`."""
+    return _lead(features, labels, LeadParams.from_knobs(params, **knobs), class_kernel, logits, score_only=False)
+
+
+def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: bool):
+    """The score (``score_only``: only the float, without the N x K evolved state) or every intermediate."""
     where = "lead_score"
-    p = LeadParams.from_knobs(params, **knobs)
     x, enc = check_inputs(features, labels, where=where)
     # The ridge probe is unchanged by a constant factor on the features: on its fast path the global scale
     # only divides the squared norms the kernel needs, computed from them (no pass to rescale N x D values).
@@ -344,8 +348,15 @@ def lead_details(features, labels, params: LeadParams | None = None, *, class_ke
     else:
         eta_value = float(p.eta)
     decay = np.exp(-eta_value * lambdas * p.t)
+    if score_only and p.loss == "mse" and not p.softmax:
+        # step 5 needs only the true class's entry: log Fhat_i[y_i] = log((1 - d_k) + d_k P0_i[y_i]), the same
+        # arithmetic as evolve() on that entry
+        d = np.exp(-eta_value * lambdas * p.t)[ys]
+        return float(np.log((1.0 - d) * 1.0 + d * p0[np.arange(n), ys]).mean())
     per_sample, fhat = evolve(p0, ys, lambdas, eta_value, p.t, loss=p.loss, softmax=p.softmax)
     score = float(per_sample.mean())
+    if score_only:
+        return score
 
     inverse = np.empty_like(order)
     inverse[order] = np.arange(n)
@@ -547,11 +558,16 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
         w = scipy_linalg.cho_solve(scipy_linalg.cho_factor(gram, overwrite_a=True, check_finite=False), rhs,
                                    overwrite_b=True, check_finite=False)
         out[s] = zf[s] @ w + (ybar - mean @ w)
-    probs = softmax_rows(fit_temperature(out, cf) * out, axis=1)
-    probs = np.maximum(probs, PROB_FLOOR)
-    probs /= probs.sum(axis=1, keepdims=True)
-    p0 = np.empty_like(probs)
-    p0[by_fold] = probs
+    tau = fit_temperature(out, cf)
+    # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts)
+    out -= out.max(axis=1, keepdims=True)
+    out *= tau
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    np.maximum(out, PROB_FLOOR, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    p0 = np.empty_like(out)
+    p0[by_fold] = out
     return p0
 
 

@@ -142,3 +142,10 @@ def test_a_class_with_one_sample_is_refused_by_the_out_of_fold_probe():
     x, y = _data()
     with pytest.raises(InputError, match=r"at least 2 samples for the out-of-fold initial state; got 1 for \[7\]"):
         lead_score(x[:31], np.r_[y[:30], 7])
+
+
+@pytest.mark.parametrize("knobs", [{}, {"initial": "logreg"}, {"loss": "ce"}, {"softmax": True}, {"t": 3.0}])
+def test_the_score_alone_equals_the_detailed_evaluation(knobs):
+    # lead_score skips the N x K evolved state (only the true class's entry enters step 5)
+    x, y = _data()
+    assert lead_score(x, y, **knobs) == lead_details(x, y, **knobs).score
