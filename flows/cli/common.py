@@ -41,9 +41,9 @@ METHOD_HELP = (
     "sfda, gbc, transrate, and rank-aggregation ensembles such as mean-rank:logme:lead. 'auto': the method with the "
     "best track record in this store (`lead bench --history`) once measured on 3 datasets, else the default. "
     "Default: lead,logme: chosen by leave-one-target-out over the project's 13 benchmark targets with real "
-    "fine-tuned accuracies (docs/benchmarks.md): LEAD had the best mean weighted tau of the scale-free scores "
-    "(0.708; the LogME+LEAD mean-rank ensemble 0.707, LogME 0.639, GBC 0.462), so LEAD ranks and LogME is "
-    "computed beside it."
+    "fine-tuned accuracies (docs/benchmarks.md): LEAD is at the top of the scale-free scores (0.705 with its "
+    "closed-form probe; the LogME+LEAD mean-rank ensemble 0.708, a tie; LogME 0.639, GBC 0.462), so LEAD ranks "
+    "and LogME is computed beside it."
 )
 
 

@@ -35,6 +35,26 @@ def test_extract_matches_plain_timm_forward(tiny_dataset):
     np.testing.assert_allclose(feats[:3], ref_feats, rtol=1e-4, atol=1e-4)
 
 
+def test_torch_runs_on_the_cores_the_workers_leave_and_gets_its_threads_back(tiny_dataset, monkeypatch):
+    import os
+
+    import lead.extract as extract_module
+
+    ds = image_folder(tiny_dataset)
+    spec = lite0(32)
+    model = load_model(spec)
+    before = torch.get_num_threads()
+    seen = []
+    for b in extract(model, spec, ds.samples[:10], ds.classes, batch_size=5, num_workers=1, device="cpu"):
+        seen.append(torch.get_num_threads())
+    assert seen == [min(before, max(1, (os.cpu_count() or 1) - 1))] * 2
+    assert torch.get_num_threads() == before
+    # None leaves torch's setting alone
+    monkeypatch.setattr(extract_module, "TORCH_THREADS_BESIDE_WORKERS", None)
+    seen = [torch.get_num_threads() for _ in extract(model, spec, ds.samples[:5], ds.classes, batch_size=5, num_workers=1, device="cpu")]
+    assert seen == [before]
+
+
 def test_device_auto_selects_cpu_without_cuda():
     assert select_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
     assert select_device("cpu") == "cpu"
