@@ -68,14 +68,21 @@ def encode_labels(labels: Sequence[Hashable] | np.ndarray, *, where: str = "labe
     return Labels(codes=codes, classes=classes, counts=counts)
 
 
-def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score") -> np.ndarray:
+def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score", copy: bool = True) -> np.ndarray:
     """Return ``x`` as a new C-contiguous float64 (N, D) array after checking shape and finiteness.
+
+    With ``copy=False`` a float32 or float64 ndarray is checked and returned as it is, not converted: for a
+    score that reads the features once into its own float64 buffers (LEAD's probe), so that no N x D float64
+    copy is made; the caller must not modify it.
 
     Raises:
         InputError: not two-dimensional, zero columns, wrong number of rows, or NaN/Inf values.
     """
     try:
-        arr = np.array(x, dtype=np.float64, copy=True, order="C")
+        if not copy and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
+            arr = x
+        else:
+            arr = np.array(x, dtype=np.float64, copy=True, order="C")
     except (TypeError, ValueError) as err:
         raise InputError(f"{where}: {name} must be a numeric (N, D) array; got {type(x).__name__}.") from err
     if arr.ndim != 2:
@@ -97,19 +104,20 @@ def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score
 
 
 def check_inputs(
-    features, labels, *, where: str, min_classes: int = 2, name: str = "features"
+    features, labels, *, where: str, min_classes: int = 2, name: str = "features", copy: bool = True
 ) -> tuple[np.ndarray, Labels]:
     """Validate a (features, labels) pair once, where it enters a score.
 
-    ``name`` is what the matrix is called in messages (``"logits"`` for scores of the source head).
+    ``name`` is what the matrix is called in messages (``"logits"`` for scores of the source head);
+    ``copy=False``: see :func:`check_matrix`.
 
     Returns:
-        (features as a new float64 (N, D) array, encoded labels).
+        (features as a new float64 (N, D) array, or the caller's float array with ``copy=False``; encoded labels).
     Raises:
         InputError: see :func:`encode_labels` and :func:`check_matrix`; fewer than ``min_classes`` classes.
     """
     enc = encode_labels(labels, where=where)
-    x = check_matrix(features, name=name, n_rows=enc.codes.shape[0], where=where)
+    x = check_matrix(features, name=name, n_rows=enc.codes.shape[0], where=where, copy=copy)
     if enc.n_classes < min_classes:
         raise InputError(
             f"{where}: labels must contain at least {min_classes} classes; got {enc.n_classes} "

@@ -264,10 +264,11 @@ def lead_details(features, labels, params: LeadParams | None = None, *, class_ke
 def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: bool):
     """The score (``score_only``: only the float, without the N x K evolved state) or every intermediate."""
     where = "lead_score"
-    x, enc = check_inputs(features, labels, where=where)
     # The ridge probe is unchanged by a constant factor on the features: on its fast path the global scale
-    # only divides the squared norms the kernel needs, computed from them (no pass to rescale N x D values).
+    # only divides the squared norms the kernel needs, and the caller's float32/float64 features are read as
+    # they are, in blocks, into the probe's own float64 buffer (no N x D float64 copy, no pass to rescale).
     fast = p.initial == "ridge" and not p.standardize and p.kernel == "expected"
+    x, enc = check_inputs(features, labels, where=where, copy=not fast)
     if p.normalize == "global" and not fast:
         x /= global_scale(x)  # x is check_inputs' own copy
     if class_kernel is not None:
@@ -467,12 +468,13 @@ BLOCK_VALUES = 1 << 18
 
 
 def _row_stats(x: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x @ direction, squared row norms, column means) of x, shape (N, D), in one blocked pass."""
+    """(x @ direction, squared row norms, column means) of x, shape (N, D), float32 or float64, in one blocked
+    pass, computed in float64."""
     n = x.shape[0]
     rows = max(1, BLOCK_VALUES // x.shape[1])
     proj, sq, total = np.empty(n), np.empty(n), np.zeros(x.shape[1])
     for a in range(0, n, rows):
-        block = x[a:a + rows]
+        block = x[a:a + rows].astype(np.float64, copy=False)  # float32 input: converted exactly, in cache
         np.matmul(block, direction, out=proj[a:a + rows])
         np.einsum("ij,ij->i", block, block, out=sq[a:a + rows])
         total += block.sum(axis=0)
@@ -526,7 +528,8 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold)
     gather = by_fold if rows is None else rows[by_fold]
     if mean is None:
-        mean = z[gather].mean(axis=0) if rows is not None else z.mean(axis=0)
+        every = rows is None or rows.size == z.shape[0]  # a permutation of all rows: their mean
+        mean = z.mean(axis=0, dtype=np.float64) if every else z[rows].mean(axis=0, dtype=np.float64)
     zf = np.empty((n, d))
     step = max(1, BLOCK_VALUES // d)
     for a in range(0, n, step):
