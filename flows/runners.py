@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,22 @@ def task_runner(settings: Settings) -> TaskRunner:
     except KeyError:
         raise InputError(f"executor must be one of {', '.join(RUNNERS)}; got {settings.executor!r}.") from None
     return factory(settings)
+
+
+@contextlib.contextmanager
+def runners_for(settings: Settings) -> Iterator[Callable[[], TaskRunner]]:
+    """For a flow that runs several ranking sub-flows (nightly, bench): a factory of task runners that
+    share one cluster. With ``dask`` and no ``DASK_SCHEDULER_ADDRESS`` one local cluster is started for the
+    whole block (not one per sub-flow: a start costs 5-20 s) and closed at its end, also on an error;
+    each runner connects to it. Otherwise each call is :func:`task_runner`."""
+    if settings.executor != "dask" or scheduler_address():
+        yield lambda: task_runner(settings)
+        return
+    from prefect_dask import DaskTaskRunner
+
+    n_workers, gpus = worker_plan(settings)
+    with local_cluster(n_workers, gpus) as cluster:
+        yield lambda: DaskTaskRunner(address=cluster.scheduler_address, client_kwargs={"set_as_default": False})
 
 
 def scheduler_address() -> str | None:
@@ -229,7 +246,37 @@ def local_cluster(n_workers: int, gpus: list[str] | None = None, threads_per_wor
     except BaseException:
         cluster.close()
         raise
+    _LOCAL.add(cluster)
     return cluster
+
+
+#: Local clusters started by this process and not yet closed (for :func:`cancel_local_workers`).
+_LOCAL: weakref.WeakSet = weakref.WeakSet()
+
+
+def cancel_local_workers(timeout_s: float = 2.0) -> int:
+    """On Ctrl-C/SIGTERM: ask the workers of the local clusters this process started to stop their
+    extractions after the current batch (``lead.extract.CANCEL`` in each worker: temporary files removed,
+    finished files kept), as the thread pool does. Remote clusters are left alone (their long-lived
+    workers would stay cancelled). Returns the number of workers told; never raises."""
+    told = 0
+    for cluster in list(_LOCAL):
+        try:
+            if cluster.status.name in ("closing", "closed"):
+                continue
+            from distributed import Client
+
+            with Client(cluster.scheduler_address, timeout=timeout_s, set_as_default=False) as client:
+                told += len(client.run(_cancel_extractions, wait=True))
+        except Exception as err:  # noqa: BLE001 - the stop goes on; the workers end with this process anyway
+            LOG.warning("could not tell the local Dask workers to stop: %s", err)
+    return told
+
+
+def _cancel_extractions() -> None:
+    from lead.extract import CANCEL
+
+    CANCEL.set()
 
 
 @contextlib.contextmanager
