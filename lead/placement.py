@@ -82,3 +82,20 @@ def placed(device: str) -> Iterator[Placement]:
         yield where
     finally:
         where.end = now_iso()
+
+
+def where_text(worker: str, device: str = "", *, here: str | None = None) -> str:
+    """A short note of where a task ran, relative to process ``here`` (default: this one), for the CLI:
+    ``""`` when it ran in ``here`` itself on the CPU (the thread pool: nothing to say), ``pid N`` in another
+    process of the same host, ``host:pid`` on another host; a GPU device is appended (``pid N, cuda:1``)."""
+    here = here or worker_id()
+    host, _, pid = (worker or "").rpartition(":")
+    here_host = here.rpartition(":")[0]
+    if not worker or worker == here:
+        place = ""
+    elif host == here_host:
+        place = f"pid {pid}"
+    else:
+        place = worker
+    gpu = device if device and device not in ("cpu",) else ""
+    return ", ".join(p for p in (place, gpu) if p)

@@ -30,7 +30,7 @@ from flows.runners import (
 )
 from lead.config import Settings
 from lead.errors import InputError
-from lead.placement import device_label, placed, worker_id
+from lead.placement import device_label, placed, where_text, worker_id
 from lead.processes import descendants
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -157,6 +157,11 @@ def test_device_label_names_the_hosts_gpu():
     assert device_label("cuda:1", visible="2,5") == "cuda:5"
     assert device_label("cuda:0", visible="") == "cuda:0"
     assert worker_id().endswith(f":{os.getpid()}")
+    here = "hostA:100"
+    assert where_text("hostA:100", "cpu", here=here) == ""  # the thread pool: nothing to add
+    assert where_text("hostA:200", "cpu", here=here) == "pid 200"
+    assert where_text("hostB:300", "cuda:1", here=here) == "hostB:300, cuda:1"
+    assert where_text("", "", here=here) == ""
 
 
 def test_killed_worker_text_names_the_worker():
