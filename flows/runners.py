@@ -207,8 +207,8 @@ def worker_env(n_workers: int, gpu: str | None, api_url: str | None) -> dict[str
 
 def local_cluster(n_workers: int, gpus: list[str] | None = None, threads_per_worker: int = THREADS_PER_WORKER,
                   api_url: str | None = None) -> SpecCluster:
-    """Start a local Dask cluster: a scheduler in this process and ``n_workers`` worker processes (each
-    under a nanny in this process), each with ``threads_per_worker`` threads and the resource ``GPU=1``,
+    """Start a local Dask cluster (what ``distributed.LocalCluster`` starts, with a spec per worker): a
+    scheduler in this process and ``n_workers`` worker processes (each under a nanny in this process), each with ``threads_per_worker`` threads and the resource ``GPU=1``,
     worker i pinned to ``gpus[i]`` when given; non-daemonic, on 127.0.0.1, no dashboard.
 
     Args:
@@ -217,12 +217,12 @@ def local_cluster(n_workers: int, gpus: list[str] | None = None, threads_per_wor
         threads_per_worker: threads of each worker (tasks at once; GPU-bound ones are 1 per worker).
         api_url: the Prefect API the workers use (default: :func:`shared_api_url`).
     Returns:
-        A started ``distributed.LocalCluster`` with every worker up; close it (``with`` or ``.close()``).
+        A started ``distributed.SpecCluster`` with every worker up; close it (``with`` or ``.close()``).
     Raises:
         InputError: ``n_workers`` < 1, or ``gpus`` not one per worker.
     """
     import dask
-    from distributed import LocalCluster, Nanny
+    from distributed import Nanny, Scheduler, SpecCluster
     from distributed.system import MEMORY_LIMIT
 
     if n_workers < 1:
@@ -231,21 +231,18 @@ def local_cluster(n_workers: int, gpus: list[str] | None = None, threads_per_wor
         raise InputError(f"local cluster: gpus must list one GPU per worker ({n_workers}); got {gpus!r}.")
     dask.config.set(LOCAL_DASK_CONFIG)  # global on purpose: a nanny reads it again when it restarts a worker
     api_url = api_url or shared_api_url()
-    cluster = LocalCluster(n_workers=0, processes=True, threads_per_worker=threads_per_worker, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.ERROR, name="lead",
-                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})  # Dask's HTTP routes: any free port
-    try:
-        template = cluster.new_spec["options"]
-        for i in range(n_workers):
-            gpu = gpus[i] if gpus else None
-            cluster.worker_spec[f"lead-{i}"] = {"cls": Nanny, "options": {
-                **template, "name": f"lead-{i}", "resources": {GPU_RESOURCE: 1},
-                "memory_limit": MEMORY_LIMIT // n_workers, "env": worker_env(n_workers, gpu, api_url)}}
-        cluster.scale(n_workers)
-        cluster.wait_for_workers(n_workers, timeout=WORKER_WAIT_S)
-    except BaseException:
-        cluster.close()
-        raise
+    # What distributed.LocalCluster builds, with one spec per worker (its own GPU and environment). Built
+    # in the constructor, so a worker that cannot start raises here instead of a wait for workers.
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "protocol": "tcp://", "dashboard": False,
+                                               "dashboard_address": "127.0.0.1:0"}}  # Dask's HTTP routes: a free port
+    workers = {
+        f"lead-{i}": {"cls": Nanny, "options": {
+            "host": "127.0.0.1", "protocol": "tcp://", "name": f"lead-{i}", "nthreads": threads_per_worker,
+            "resources": {GPU_RESOURCE: 1}, "memory_limit": MEMORY_LIMIT // n_workers, "dashboard": False,
+            "silence_logs": logging.ERROR, "env": worker_env(n_workers, gpus[i] if gpus else None, api_url)}}
+        for i in range(n_workers)
+    }
+    cluster = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR, name="lead")
     _LOCAL.add(cluster)
     return cluster
 
