@@ -246,3 +246,171 @@ def test_a_cluster_without_the_gpu_resource_is_refused():
 
 if not sys.platform.startswith("linux"):  # /proc for descendants
     pytestmark = [pytestmark, pytest.mark.skip(reason="Linux only")]
+
+
+# --- rankings on Dask (phase 2: the rank-zoo flow) ----------------------------------------------------
+
+RANK_METHODS = "lead,logme"
+
+
+@pytest.fixture(scope="module")
+def zoo3(tmp_path_factory):
+    """Three real EfficientNet-Lites, a model whose checkpoint is missing, and one whose checkpoint is not
+    a checkpoint (it fails on the worker, in load_model)."""
+    from tests.conftest import lite_entry, write_zoo
+
+    root = tmp_path_factory.mktemp("zoo3")
+    (root / "garbage.safetensors").write_bytes(b"not a safetensors file" * 10)
+    return write_zoo(root / "zoo.yaml", [
+        lite_entry(0), lite_entry(1), lite_entry(2),
+        {**lite_entry(0), "name": "missing", "weights": "file:missing.safetensors"},
+        {**lite_entry(0), "name": "garbage", "weights": "file:garbage.safetensors"},
+    ])
+
+
+def _rank(runner, dataset, zoo, store):
+    from flows.rank_zoo import rank_zoo
+
+    return rank_zoo.with_options(task_runner=runner)(dataset=str(dataset), zoo=str(zoo), store=str(store),
+                                                    methods=RANK_METHODS)
+
+
+@pytest.fixture(scope="module")
+def on_threads(tmp_path_factory, tiny_dataset, zoo3):
+    return _rank(task_runner(_settings(max_workers=2)), tiny_dataset, zoo3, tmp_path_factory.mktemp("threads"))
+
+
+@pytest.fixture(scope="module")
+def on_dask(tmp_path_factory, tiny_dataset, zoo3, cluster):
+    """The same ranking on the module's cluster (DASK_SCHEDULER_ADDRESS), then again on the same store."""
+    store = tmp_path_factory.mktemp("dask")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+    try:
+        first = _rank(task_runner(_settings(executor="dask")), tiny_dataset, zoo3, store)
+        again = _rank(task_runner(_settings(executor="dask")), tiny_dataset, zoo3, store)
+    finally:
+        mp.undo()
+    return store, first, again
+
+
+def _by_model(sel) -> dict:
+    return {m.model: m for m in sel.models}
+
+
+def test_dask_ranks_like_the_thread_pool_in_the_clusters_worker_processes(on_threads, on_dask, cluster):
+    from distributed import Client
+
+    _, first, _ = on_dask
+    threads, dask = _by_model(on_threads), _by_model(first)
+    ok = [n for n, m in threads.items() if m.ok]
+    assert sorted(ok) == ["efficientnet_lite0.in1k", "efficientnet_lite1.in1k", "efficientnet_lite2.in1k"]
+    assert [m.model for m in on_threads.models] == [m.model for m in first.models]
+    for name in ok:
+        assert dask[name].ok and dask[name].ranks == threads[name].ranks
+        for method, value in threads[name].scores.items():
+            assert dask[name].scores[method] == pytest.approx(value, abs=1e-6)
+    with Client(cluster.scheduler_address, set_as_default=False) as client:
+        worker_pids = set(client.run(os.getpid).values())
+    ran = {dask[n].extraction.worker for n in ok}
+    assert {int(w.rsplit(":", 1)[1]) for w in ran} <= worker_pids and os.getpid() not in worker_pids
+    assert len(ran) == 2  # both workers extracted
+    assert {threads[n].extraction.worker for n in ok} == {worker_id()}  # the thread pool: this process
+    _no_overlap([{"worker": dask[n].extraction.worker, "extract_start": dask[n].extraction.start,
+                  "extract_end": dask[n].extraction.end} for n in ok])
+
+
+def test_failures_on_dask_fail_only_their_model_and_are_not_retried(on_dask):
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    _, first, _ = on_dask
+    models = _by_model(first)
+    assert models["missing"].status == "failed" and "missing.safetensors must exist" in models["missing"].error
+    assert models["garbage"].status == "failed" and models["garbage"].extraction is None
+    assert "ModelLoadError" in models["garbage"].error or "garbage.safetensors" in models["garbage"].error
+    assert [m.model for m in first.models][-2:] == ["garbage", "missing"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["extract-garbage"])))
+    assert runs and all(r.run_count == 1 and r.state.is_failed() for r in runs)  # a bad checkpoint is not retried
+
+
+def test_a_rerun_on_dask_is_all_cached_and_names_the_worker_that_made_each_file(on_dask):
+    import pyarrow.parquet as pq
+
+    from storage.history import query
+
+    store, first, again = on_dask
+    before, after = _by_model(first), _by_model(again)
+    ok = [n for n, m in before.items() if m.ok]
+    assert {after[n].extraction.status for n in ok} == {"cached"}
+    for n in ok:
+        assert after[n].extraction.worker == before[n].extraction.worker  # who made the file
+        assert after[n].extraction.start == before[n].extraction.start
+        meta = pq.read_metadata(after[n].extraction.path).metadata
+        assert meta[b"lead.worker"].decode() == before[n].extraction.worker
+        assert meta[b"lead.device"].decode() == "cpu"
+    rows = query(store, f"SELECT model, worker, device, extract_start, extract_end FROM rankings "
+                        f"WHERE run_id = '{again.run_id}' AND method = 'lead' AND status = 'ok'").to_pylist()
+    assert {r["model"]: r["worker"] for r in rows} == {n: before[n].extraction.worker for n in ok}
+    assert all(r["device"] == "cpu" and r["extract_start"] < r["extract_end"] for r in rows)
+
+
+def _extracting() -> list[str]:
+    """In a worker: the models whose extraction runs now (the ``spec`` of each thread's ``_extract`` frame)."""
+    names = []
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_name == "_extract" and "spec" in frame.f_locals:
+                names.append(frame.f_locals["spec"].name)
+                break
+            frame = frame.f_back
+    return names
+
+
+def test_a_worker_killed_mid_extraction_fails_only_its_model(tmp_path, tiny_dataset, cluster, monkeypatch):
+    import threading
+
+    from distributed import Client
+
+    from tests.conftest import lite_entry, write_zoo
+
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(2, size=160)])
+    victim = "efficientnet_lite2.in1k"
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+    cluster.wait_for_workers(2, timeout=120)
+    outcome: dict = {}
+    import contextvars
+
+    def run():
+        try:
+            outcome["sel"] = _rank(task_runner(_settings(executor="dask")), tiny_dataset, zoo, tmp_path / "store")
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,))
+    thread.start()
+    killed = None
+    with Client(cluster.scheduler_address, set_as_default=False) as client:
+        deadline = time.monotonic() + 120
+        while killed is None and thread.is_alive() and time.monotonic() < deadline:
+            try:
+                running = client.run(_extracting)
+                pids = client.run(os.getpid)
+            except Exception:  # noqa: BLE001 - a worker restarting
+                time.sleep(0.2)
+                continue
+            for address, names in running.items():
+                if victim in names:
+                    killed = pids[address]
+                    os.kill(killed, signal.SIGKILL)
+                    break
+            time.sleep(0.1)
+    thread.join(180)
+    assert killed is not None, "the extraction finished before it could be killed"
+    sel = outcome["sel"]
+    models = _by_model(sel)
+    assert models[victim].status == "failed"
+    assert "worker running this task died (KilledWorker" in models[victim].error
+    assert models["efficientnet_lite0.in1k"].ok and models["efficientnet_lite0.in1k"].ranks["lead"] == 1
+    cluster.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker
