@@ -25,30 +25,30 @@ from lead.errors import InputError
 EXECUTORS = ("threads", "dask")
 
 
-def _int_env(name: str, default: int) -> int:
+def _env(name: str, default, parse, valid, what: str):
+    """``$name`` parsed by ``parse`` and checked by ``valid``, or ``default`` when unset or empty.
+
+    Raises:
+        InputError: it does not parse, or it is not ``valid`` (the message says it must be ``what``).
+    """
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise InputError(f"settings: {name} must be an integer; got {raw!r}.") from None
-    if value < 0:
-        raise InputError(f"settings: {name} must be >= 0; got {value}.")
+        raise InputError(f"settings: {name} must be {what}; got {raw!r}.") from None
+    if not valid(value):
+        raise InputError(f"settings: {name} must be {'>= 0' if parse is int else what}; got {value}.")
     return value
+
+
+def _int_env(name: str, default: int) -> int:
+    return _env(name, default, int, lambda v: v >= 0, "an integer")
 
 
 def _fraction_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InputError(f"settings: {name} must be a number in [0, 1]; got {raw!r}.") from None
-    if not 0.0 <= value <= 1.0:
-        raise InputError(f"settings: {name} must be a number in [0, 1]; got {value}.")
-    return value
+    return _env(name, default, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _executor_env(default: str = "threads") -> str:

@@ -13,40 +13,47 @@ the table with its reason.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.files import atomic_write
+from lead.selection import Selection
+from storage.tables import table_schema
+from storage.store import Store
 
-RANKINGS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("dataset_fingerprint", pa.string()),
-        ("model", pa.string()),
-        ("method", pa.string()),
-        ("score", pa.float64()),
-        ("rank", pa.int32()),
-        ("n_samples", pa.int64()),
-        ("n_classes", pa.int32()),
-        ("mlflow_run_id", pa.string()),
-        ("flow_run_id", pa.string()),
-        ("params_json", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-    ],
-    metadata={"lead.schema_version": "1", "lead.table": "rankings"},
+RANKINGS_SCHEMA = table_schema(
+    "rankings",
+    "run_id string, created_at timestamp, dataset string, dataset_fingerprint string, "
+    "model string, method string, score float64, rank int32, n_samples int64, "
+    "n_classes int32, mlflow_run_id string, flow_run_id string, params_json string, "
+    "status string, error string",
 )
 
 
-def rankings_path(store: Path, dataset_fingerprint: str, run_id: str) -> Path:
-    return Path(store) / "rankings" / f"dataset={dataset_fingerprint}" / f"run={run_id}.parquet"
+def rankings_path(store: Store | Path, dataset_fingerprint: str, run_id: str) -> Path:
+    return Store.of(store).rankings_file(dataset_fingerprint, run_id)
 
 
 def write_rankings(store: Path, dataset_fingerprint: str, run_id: str, rows: list[dict]) -> Path:
     """Write one selection's rows atomically (temporary file, then ``os.replace``). Returns the path."""
     table = pa.Table.from_pylist(rows, schema=RANKINGS_SCHEMA)
-    return atomic_write(rankings_path(store, dataset_fingerprint, run_id), lambda tmp: pq.write_table(table, tmp))
+    return Store.of(store).write(rankings_path(store, dataset_fingerprint, run_id), lambda tmp: pq.write_table(table, tmp))
+
+
+def selection_rows(sel: Selection, *, created_at: datetime, params_json: str, mlflow_run_id: str,
+                   flow_run_id: str) -> list[dict]:
+    """The rankings rows of a selection: one per (model, method), best model first."""
+    return [
+        {
+            "run_id": sel.run_id, "created_at": created_at, "dataset": sel.dataset,
+            "dataset_fingerprint": sel.dataset_fingerprint, "model": m.model, "method": method,
+            "score": m.scores.get(method), "rank": m.ranks.get(method), "n_samples": sel.n_read,
+            "n_classes": sel.n_classes, "mlflow_run_id": mlflow_run_id, "flow_run_id": flow_run_id,
+            "params_json": params_json, "status": "ok" if method in m.scores else "failed",
+            "error": m.error or m.method_errors.get(method, ""),
+        }
+        for m in sel.models
+        for method in sel.methods
+    ]
