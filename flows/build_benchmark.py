@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 from prefect import flow, task
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import gpu
 from lead import __version__
 from lead.benchbuild import (
     BUILD_VERSION,
@@ -273,7 +274,21 @@ def _workers() -> int:
     return int(os.environ.get("LEAD_BENCH_WORKERS") or max(1, os.cpu_count() or 1))
 
 
-@flow(name="build-benchmark", validate_parameters=False, task_runner=ThreadPoolTaskRunner(max_workers=_workers()))
+def build_runner():
+    """The build's task runner: a thread pool of ``LEAD_BENCH_WORKERS`` (default: the cores), or with
+    ``LEAD_EXECUTOR=dask`` the Dask runner of :mod:`flows.runners` (pre-training, feature extraction and
+    fine-tuning then hold a worker's ``GPU`` resource each)."""
+    import os
+
+    if (os.environ.get("LEAD_EXECUTOR") or "threads").strip().lower() == "threads":
+        return ThreadPoolTaskRunner(max_workers=_workers())
+    from flows.runners import task_runner
+    from lead.config import Settings
+
+    return task_runner(Settings.from_env())
+
+
+@flow(name="build-benchmark", validate_parameters=False, task_runner=build_runner())
 def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: str = "~/.cache/lead/bench-build",
                     show_progress: bool = False) -> dict:
     """Build the suite described by ``config`` (a :class:`lead.benchbuild.BuildConfig` as a dict; default:
@@ -301,7 +316,9 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     timings["targets_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pre = _gather([pretrain_model.submit(p, cfg.pretrain_pool, source_digest, str(work_dir)) for p in cfg.pretrained])
+    with gpu():
+        pre = [pretrain_model.submit(p, cfg.pretrain_pool, source_digest, str(work_dir)) for p in cfg.pretrained]
+    pre = _gather(pre)
     pre = [r if Path(r["checkpoint"]).is_file() else
            pretrain_model.with_options(refresh_cache=True)(p, cfg.pretrain_pool, source_digest, str(work_dir))
            for p, r in zip(cfg.pretrained, pre)]
@@ -316,7 +333,9 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     pairs = [(t, s) for t in cfg.targets for s in specs]
     feature_args = [(s, weights[s.name], t, target_paths[t.name], str(suite_dir / "features" / t.name / f"{s.name}.parquet"),
                      str(work_dir)) for t, s in pairs]
-    results = _gather([extract_features.submit(*a) for a in feature_args])
+    with gpu():
+        results = [extract_features.submit(*a) for a in feature_args]
+    results = _gather(results)
     for a, r in zip(feature_args, results):  # a cached result whose files were deleted is extracted again
         if not (Path(r["path"]).is_file() and Path(r["path32"]).is_file()):
             extract_features.with_options(refresh_cache=True)(*a)
@@ -334,8 +353,10 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="fine-tuning runs", unit="run")
-    runs = _gather([finetune_run.submit(s, weights[s.name], t, target_paths[t.name], cfg.protocol, lr, seed, str(work_dir))
-                    for s, t, lr, seed in jobs], bar,
+    with gpu():
+        runs = [finetune_run.submit(s, weights[s.name], t, target_paths[t.name], cfg.protocol, lr, seed, str(work_dir))
+                for s, t, lr, seed in jobs]
+    runs = _gather(runs, bar,
                    lambda r: f"{r['model']} {r['dataset']} lr={r['lr']} seed={r['seed']}: {r['test_acc']:.1f}%")
     if bar is not None:
         bar.close()
