@@ -119,10 +119,23 @@ def _no_overlap(records: list[dict]) -> None:
             assert end <= start, f"two GPU tasks overlapped on one worker: {spans}"
 
 
+def _warm() -> None:
+    """In a worker: import what an extraction imports, once (10-20 s per process on a busy 2-core box)."""
+    import timm  # noqa: F401
+
+    import tasks.extract  # noqa: F401
+    import tasks.score  # noqa: F401
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A local cluster of 2 worker processes with the GPU resource, shared by this module's tests."""
+    """A local cluster of 2 worker processes with the GPU resource, shared by this module's tests; its
+    workers have imported torch and timm."""
+    from distributed import Client
+
     with local_cluster(2) as c:
+        with Client(c.scheduler_address, set_as_default=False) as client:
+            client.run(_warm)
         yield c
 
 
@@ -280,18 +293,28 @@ def on_threads(tmp_path_factory, tiny_dataset, zoo3):
     return _rank(task_runner(_settings(max_workers=2)), tiny_dataset, zoo3, tmp_path_factory.mktemp("threads"))
 
 
-@pytest.fixture(scope="module")
-def on_dask(tmp_path_factory, tiny_dataset, zoo3, cluster):
-    """The same ranking on the module's cluster (DASK_SCHEDULER_ADDRESS), then again on the same store."""
-    store = tmp_path_factory.mktemp("dask")
+def _rank_on(cluster, dataset, zoo, store):
+    """A ranking on ``cluster`` through DASK_SCHEDULER_ADDRESS, as a user points lead at a running cluster."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
     try:
-        first = _rank(task_runner(_settings(executor="dask")), tiny_dataset, zoo3, store)
-        again = _rank(task_runner(_settings(executor="dask")), tiny_dataset, zoo3, store)
+        return _rank(task_runner(_settings(executor="dask")), dataset, zoo, store)
     finally:
         mp.undo()
-    return store, first, again
+
+
+@pytest.fixture(scope="module")
+def on_dask(tmp_path_factory, tiny_dataset, zoo3, cluster):
+    """The same ranking on the module's cluster (DASK_SCHEDULER_ADDRESS): (store, selection)."""
+    store = tmp_path_factory.mktemp("dask")
+    return store, _rank_on(cluster, tiny_dataset, zoo3, store)
+
+
+@pytest.fixture(scope="module")
+def on_dask_again(on_dask, tiny_dataset, zoo3, cluster):
+    """The same ranking again on the same store: (store, first selection, second selection)."""
+    store, first = on_dask
+    return store, first, _rank_on(cluster, tiny_dataset, zoo3, store)
 
 
 def _by_model(sel) -> dict:
@@ -301,7 +324,7 @@ def _by_model(sel) -> dict:
 def test_dask_ranks_like_the_thread_pool_in_the_clusters_worker_processes(on_threads, on_dask, cluster):
     from distributed import Client
 
-    _, first, _ = on_dask
+    _, first = on_dask
     threads, dask = _by_model(on_threads), _by_model(first)
     ok = [n for n, m in threads.items() if m.ok]
     assert sorted(ok) == ["efficientnet_lite0.in1k", "efficientnet_lite1.in1k", "efficientnet_lite2.in1k"]
@@ -324,7 +347,7 @@ def test_failures_on_dask_fail_only_their_model_and_are_not_retried(on_dask):
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    _, first, _ = on_dask
+    _, first = on_dask
     models = _by_model(first)
     assert models["missing"].status == "failed" and "missing.safetensors must exist" in models["missing"].error
     assert models["garbage"].status == "failed" and models["garbage"].extraction is None
@@ -335,12 +358,12 @@ def test_failures_on_dask_fail_only_their_model_and_are_not_retried(on_dask):
     assert runs and all(r.run_count == 1 and r.state.is_failed() for r in runs)  # a bad checkpoint is not retried
 
 
-def test_a_rerun_on_dask_is_all_cached_and_names_the_worker_that_made_each_file(on_dask):
+def test_a_rerun_on_dask_is_all_cached_and_names_the_worker_that_made_each_file(on_dask_again):
     import pyarrow.parquet as pq
 
     from storage.history import query
 
-    store, first, again = on_dask
+    store, first, again = on_dask_again
     before, after = _by_model(first), _by_model(again)
     ok = [n for n, m in before.items() if m.ok]
     assert {after[n].extraction.status for n in ok} == {"cached"}
@@ -414,3 +437,56 @@ def test_a_worker_killed_mid_extraction_fails_only_its_model(tmp_path, tiny_data
     assert "worker running this task died (KilledWorker" in models[victim].error
     assert models["efficientnet_lite0.in1k"].ok and models["efficientnet_lite0.in1k"].ranks["lead"] == 1
     cluster.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker
+
+
+def test_lead_rank_executor_dask_from_the_cli_starts_one_api_and_leaves_nothing_running(tmp_path, tiny_dataset,
+                                                                                       monkeypatch):
+    """`lead rank --executor dask` with no Prefect server configured: the command's own temporary API is the
+    only one (its worker uses it), the extraction ran in the cluster's worker process, and every process the
+    command started is gone when it ends. (One model, one worker: each worker process imports torch, the
+    slowest part of this test on a busy machine; two workers are shown above.)"""
+    import json
+    import subprocess
+
+    from tests.conftest import lite_entry, write_zoo
+
+    zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DASK_SCHEDULER_ADDRESS")}
+    lead = os.path.join(os.path.dirname(sys.executable), "lead")
+    proc = subprocess.Popen([lead, "rank", "-d", str(tiny_dataset), "-z", str(zoo), "--store", str(tmp_path / "store"),
+                             "--executor", "dask", "--max-workers", "1", "--method", "lead", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    servers: set[int] = set()
+    seen: set[int] = set()
+    while proc.poll() is None:
+        below = descendants(proc.pid)
+        seen.update(below)
+        servers.update(p for p in below if SERVER_MARK in _cmdline(p))
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    sel = json.loads(out)
+    workers = {m["extraction"]["worker"] for m in sel["models"]}
+    assert len(servers) == 1, f"one Prefect API for the flow and its workers; got {len(servers)}"
+    [worker] = workers
+    assert int(worker.rsplit(":", 1)[1]) in seen and int(worker.rsplit(":", 1)[1]) != proc.pid
+    assert [m["status"] for m in sel["models"]] == ["ok"]
+    deadline = time.monotonic() + 10
+    while (alive := [p for p in seen if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"nothing the command started may outlive it; got {[_cmdline(p) for p in alive]}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
