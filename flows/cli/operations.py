@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+import lead.datasets
+
 from flows.cli.common import _DEFAULT_METHOD, METHOD_HELP, DebugOpt, StoreOpt, _console, _quiet, app, exits
 
 datasets_app = typer.Typer(
@@ -26,8 +28,7 @@ app.add_typer(datasets_app, name="datasets")
 @datasets_app.command("add")
 def datasets_add(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Name to register it under (a plain name; MLflow experiment lead/<name>).")],
-    path: Annotated[str, typer.Argument(metavar="PATH", help="ImageFolder directory (a sub-folder per class), CSV manifest (path,label) "
-                                              "or built-in demo set (animal-mnist-fewshot, mnist-5k).")],
+    path: Annotated[str, typer.Argument(metavar="PATH", help=f"The dataset: {lead.datasets.usages()}.")],
     store: StoreOpt = None,
     debug: DebugOpt = False,
 ):

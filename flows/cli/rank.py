@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+import lead.datasets
+import lead.weights
+
 from flows.cli.common import _DEFAULT_METHOD, METHOD_HELP, DebugOpt, StoreOpt, _console, _quiet, app, fail_for
 from flows.cli.interrupts import _cancel_on_interrupt, _interrupted, _run_flow
 
@@ -101,13 +104,12 @@ def _print_selection_notes(console, sel) -> None:
 def rank(
     dataset: Annotated[
         str,
-        typer.Option("--dataset", "-d", help="ImageFolder directory (a sub-folder per class), a CSV manifest with "
-                     "columns path,label, or a built-in demo set: animal-mnist-fewshot, mnist-5k."),
+        typer.Option("--dataset", "-d", help=f"The dataset: {lead.datasets.usages()}."),
     ],
     zoo: Annotated[
         str,
         typer.Option("--zoo", "-z", help="Zoo YAML file (name, arch, weights, input_size, mean, std per model) or a "
-                     "built-in zoo: efficientnet-lite."),
+                     f"built-in zoo: efficientnet-lite. Weights: {lead.weights.usages()}."),
     ],
     method: Annotated[
         str, typer.Option("--method", "-m", help=METHOD_HELP)
