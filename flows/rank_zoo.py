@@ -30,6 +30,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import check_cluster, gpu, settle, task_runner
 from lead.config import Settings
 from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
@@ -44,7 +45,6 @@ from storage.logits import check_cached
 from storage.rankings import selection_rows, write_rankings
 from storage.store import Store
 from storage.tracking import Tracker, run_url, selection_records, ui_command
-from flows.runners import check_cluster, gpu, settle, task_runner
 from tasks.extract import extract_logits, extraction_key
 from tasks.score import score_model
 

@@ -219,6 +219,24 @@ def test_local_cluster_from_the_factory_runs_gpu_tasks_one_at_a_time_per_worker_
     print(f"local 2-worker cluster, 4 x 1 s GPU tasks: {took:.1f} s including start-up")
 
 
+def test_runners_for_shares_one_local_cluster_between_sub_flows_and_closes_it(monkeypatch):
+    """nightly and bench: every runner of the block connects to one local cluster, closed at the block's end."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    from distributed import Client
+
+    from flows.runners import runners_for
+
+    with runners_for(_settings(executor="dask", max_workers=1)) as make:
+        first, second = make(), make()
+        assert first.address == second.address and first.address.startswith("tcp://127.0.0.1:")
+        with Client(first.address, set_as_default=False) as client:
+            assert [w["resources"] for w in client.scheduler_info(n_workers=-1)["workers"].values()] == [{GPU_RESOURCE: 1}]
+    with pytest.raises(OSError):
+        Client(first.address, timeout=2, set_as_default=False)
+    with runners_for(_settings(max_workers=3)) as make:  # threads: a thread pool per sub-flow, nothing started
+        assert type(make()).__name__ == "ThreadPoolTaskRunner"
+
+
 # --- an existing cluster: DASK_SCHEDULER_ADDRESS ---------------------------------------------------
 
 def test_scheduler_address_runs_every_task_on_that_clusters_workers_and_leaves_it_running(cluster, monkeypatch):
