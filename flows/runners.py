@@ -308,8 +308,7 @@ def check_cluster(client=None, timeout_s: float = WORKER_WAIT_S) -> dict[str, di
     Args:
         client: a Dask client (default: :func:`current_client`; no client: nothing to check).
     Returns:
-        {worker address: {"name", "host", "pid"-less scheduler info: "resources", "nthreads"}} of the
-        cluster's workers ({} without a client).
+        {worker address: {"name", "resources", "nthreads"}} of the cluster's workers ({} without a client).
     Raises:
         InputError: no worker joined within ``timeout_s``, or none has the ``GPU`` resource.
     """
