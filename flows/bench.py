@@ -10,6 +10,7 @@ reported, not fatal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from flows.rank_zoo import artifact_key, parse_methods, rank_zoo
+from flows.runners import runners_for
 from lead.benchmark import STATISTICS, Suite, evaluate, load_suite, mean_by_method
 from lead.config import Settings
 from lead.errors import error_text
@@ -293,36 +295,38 @@ def bench(
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    settings = Settings.from_env(store=store, tracking_uri=tracking_uri)
+    settings = Settings.from_env(store=store, tracking_uri=tracking_uri, **({"device": device} if device else {}))
     method_ids = parse_methods(methods)
     s = load_suite(suite)
     specs = zoo_specs(s.zoo, logger)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     failures: dict[str, str] = {}
     selections = {}
-    for name, source in s.datasets.items():
-        if s.features is not None:  # stored features: score the files, no forward pass
+    # datasets ranked through rank-zoo share one task runner setting (on Dask: one local cluster for the suite)
+    with runners_for(settings) if s.features is None else contextlib.nullcontext(None) as runner:
+        for name, source in s.datasets.items():
+            if s.features is not None:  # stored features: score the files, no forward pass
+                try:
+                    files = s.stored_features(name)
+                    plan = plan_methods(method_ids, len(read_metadata_rows(files)))
+                    raw = score_stored(files, list(plan.computed))
+                    ranking = rank_scores(plan, {m: {k: v.get(k, math.nan) for k in files} for m, v in raw.items()})
+                    scores[name] = {m: {k: v for k, v in ranking.scores[m].items() if math.isfinite(v)} for m in method_ids}
+                except Exception as err:
+                    failures[name] = error_text(err)
+                    logger.error("dataset %s could not be scored: %s", name, err)
+                continue
             try:
-                files = s.stored_features(name)
-                plan = plan_methods(method_ids, len(read_metadata_rows(files)))
-                raw = score_stored(files, list(plan.computed))
-                ranking = rank_scores(plan, {m: {k: v.get(k, math.nan) for k in files} for m, v in raw.items()})
-                scores[name] = {m: {k: v for k, v in ranking.scores[m].items() if math.isfinite(v)} for m in method_ids}
-            except Exception as err:
+                sel = rank_zoo.with_options(task_runner=runner())(
+                    dataset=source, zoo=s.zoo, methods=method_ids, store=str(settings.store), tracking_uri=settings.tracking_uri,
+                    dataset_name=name, device=device, batch_size=batch_size, show_progress=show_progress,
+                )
+            except Exception as err:  # one dataset's failure is reported; the others are still measured
                 failures[name] = error_text(err)
-                logger.error("dataset %s could not be scored: %s", name, err)
-            continue
-        try:
-            sel = rank_zoo(
-                dataset=source, zoo=s.zoo, methods=method_ids, store=str(settings.store), tracking_uri=settings.tracking_uri,
-                dataset_name=name, device=device, batch_size=batch_size, show_progress=show_progress,
-            )
-        except Exception as err:  # one dataset's failure is reported; the others are still measured
-            failures[name] = error_text(err)
-            logger.error("dataset %s could not be ranked: %s", name, err)
-            continue
-        selections[name] = sel.run_id
-        scores[name] = sel.scores_by_method(method_ids)
+                logger.error("dataset %s could not be ranked: %s", name, err)
+                continue
+            selections[name] = sel.run_id
+            scores[name] = sel.scores_by_method(method_ids)
 
     result = evaluate_scores(s, scores, method_ids, settings=settings, specs=specs, failures=failures,
                              tags={"selection_runs": json.dumps(selections)}, logger=logger)

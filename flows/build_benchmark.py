@@ -31,9 +31,10 @@ from pathlib import Path
 
 import yaml
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import gpu
 from lead import __version__
 from lead.benchbuild import BUILD_VERSION, BuildConfig, FineTuning, fashion_mnist, ground_truth, model_spec, parameter_count
 from lead.data import file_digest
@@ -91,7 +92,21 @@ def _workers() -> int:
     return int(os.environ.get("LEAD_BENCH_WORKERS") or max(1, os.cpu_count() or 1))
 
 
-@flow(name="build-benchmark", validate_parameters=False, task_runner=ThreadPoolTaskRunner(max_workers=_workers()))
+def build_runner():
+    """The build's task runner: a thread pool of ``LEAD_BENCH_WORKERS`` (default: the cores), or with
+    ``LEAD_EXECUTOR=dask`` the Dask runner of :mod:`flows.runners` (pre-training, feature extraction and
+    fine-tuning then hold a worker's ``GPU`` resource each)."""
+    import os
+
+    if (os.environ.get("LEAD_EXECUTOR") or "threads").strip().lower() == "threads":
+        return ThreadPoolTaskRunner(max_workers=_workers())
+    from flows.runners import task_runner
+    from lead.config import Settings
+
+    return task_runner(Settings.from_env())
+
+
+@flow(name="build-benchmark", validate_parameters=False, task_runner=build_runner())
 def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: str = "~/.cache/lead/bench-build",
                     show_progress: bool = False) -> dict:
     """Build the suite described by ``config`` (a :class:`lead.benchbuild.BuildConfig` as a dict; default:
@@ -148,7 +163,9 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
 def _pretrained(cfg: BuildConfig, source_digest: str, work_dir: Path) -> list[dict]:
     """Pre-train the config's models (a cached result whose checkpoint is gone is trained again) and copy
     each checkpoint to ``<work>/models/<name>.safetensors``, the name the zoo file gives."""
-    pre = _gather([pretrain_model.submit(p, cfg.pretrain_pool, source_digest, str(work_dir)) for p in cfg.pretrained])
+    with gpu():  # on Dask: one GPU resource of a worker each
+        pre = [pretrain_model.submit(p, cfg.pretrain_pool, source_digest, str(work_dir)) for p in cfg.pretrained]
+    pre = _gather(pre)
     pre = [r if Path(r["checkpoint"]).is_file() else
            pretrain_model.with_options(refresh_cache=True)(p, cfg.pretrain_pool, source_digest, str(work_dir))
            for p, r in zip(cfg.pretrained, pre)]
@@ -163,7 +180,9 @@ def _features(pairs: list, weights: dict, target_paths: dict, suite_dir: Path, w
     extracted again."""
     feature_args = [(s, weights[s.name], t, target_paths[t.name], str(suite_dir / "features" / t.name / f"{s.name}.parquet"),
                      str(work_dir)) for t, s in pairs]
-    results = _gather([extract_features.submit(*a) for a in feature_args])
+    with gpu():
+        results = [extract_features.submit(*a) for a in feature_args]
+    results = _gather(results)
     for a, r in zip(feature_args, results):
         if not (Path(r["path"]).is_file() and Path(r["path32"]).is_file()):
             extract_features.with_options(refresh_cache=True)(*a)
@@ -178,8 +197,10 @@ def _finetuning(cfg: BuildConfig, specs: list[ModelSpec], weights: dict, target_
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="fine-tuning runs", unit="run")
-    runs = _gather([finetune_run.submit(s, weights[s.name], t, target_paths[t.name], cfg.protocol, lr, seed, str(work_dir))
-                    for s, t, lr, seed in jobs], bar,
+    with gpu():
+        runs = [finetune_run.submit(s, weights[s.name], t, target_paths[t.name], cfg.protocol, lr, seed, str(work_dir))
+                for s, t, lr, seed in jobs]
+    runs = _gather(runs, bar,
                    lambda r: f"{r['model']} {r['dataset']} lr={r['lr']} seed={r['seed']}: {r['test_acc']:.1f}%")
     if bar is not None:
         bar.close()

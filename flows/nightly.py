@@ -19,7 +19,8 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.bench import log_track_record_if_changed
-from flows.rank_zoo import rank_zoo, task_runner
+from flows.rank_zoo import rank_zoo
+from flows.runners import runners_for
 from lead.config import Settings
 from lead.errors import error_text
 from storage.registry import list_datasets
@@ -35,6 +36,27 @@ def _log_track_record(logger, settings: Settings, tracking_uri: str | None, zoo:
     logger.info("track record: %s%s", done["status"], f" (run {done['run_id']})" if done.get("run_id") else
                 f" ({done['reason']})" if done.get("reason") else "")
     return done
+
+
+def _rerank(entry, runner, logger, **params) -> dict:
+    """One registered dataset's ``rank-zoo`` sub-flow on ``runner``; its summary line (see nightly_rerank)."""
+    state = rank_zoo.with_options(flow_run_name=f"nightly-{entry.name}", task_runner=runner)(
+        dataset=entry.path, dataset_name=entry.name, return_state=True, **params)
+    if not state.is_completed():
+        err = state.result(raise_on_failure=False)
+        out = {"status": "failed", "error": error_text(err) if isinstance(err, BaseException) else str(state.message)}
+        logger.error("%s: re-ranking failed: %s", entry.name, out["error"])
+        return out
+    sel = state.result()
+    kinds = [m.extraction.status for m in sel.models if m.extraction]
+    out = {
+        "status": "ok", "best_model": sel.best_model, "run_id": sel.run_id, "rankings_path": sel.rankings_path,
+        "extracted": kinds.count("extracted"), "cached": kinds.count("cached"),
+        "changed": sel.dataset_fingerprint != entry.fingerprint, "error": "",
+    }
+    logger.info("%s: best %s (%d extracted, %d from the cache)%s", entry.name, sel.best_model,
+                kinds.count("extracted"), kinds.count("cached"), "; content changed since registration" if out["changed"] else "")
+    return out
 
 
 @flow(name="nightly-rerank", validate_parameters=False)
@@ -62,7 +84,7 @@ def nightly_rerank(
         RuntimeError: every registered dataset failed (each one's error is in the message).
     """
     logger = get_run_logger()
-    settings = Settings.from_env(store=store)
+    settings = Settings.from_env(store=store, **({"device": device} if device else {}))
     entries = list_datasets(settings.store)
     if not entries:
         logger.warning("no datasets registered in %s: nothing to re-rank (register one with `lead datasets add`)",
@@ -71,27 +93,11 @@ def nightly_rerank(
         return {}
     logger.info("re-ranking %d registered dataset(s) of %s with zoo %s", len(entries), settings.store, zoo)
     summary: dict[str, dict] = {}
-    for entry in entries:
-        state = rank_zoo.with_options(flow_run_name=f"nightly-{entry.name}", task_runner=task_runner(settings))(
-            dataset=entry.path, zoo=zoo, methods=methods, store=str(settings.store), tracking_uri=tracking_uri,
-            dataset_name=entry.name, device=device, batch_size=batch_size, num_workers=num_workers, return_state=True,
-        )
-        if not state.is_completed():
-            err = state.result(raise_on_failure=False)
-            summary[entry.name] = {"status": "failed", "error": error_text(err) if isinstance(err, BaseException)
-                                   else str(state.message)}
-            logger.error("%s: re-ranking failed: %s", entry.name, summary[entry.name]["error"])
-            continue
-        sel = state.result()
-        kinds = [m.extraction.status for m in sel.models if m.extraction]
-        summary[entry.name] = {
-            "status": "ok", "best_model": sel.best_model, "run_id": sel.run_id, "rankings_path": sel.rankings_path,
-            "extracted": kinds.count("extracted"), "cached": kinds.count("cached"),
-            "changed": sel.dataset_fingerprint != entry.fingerprint, "error": "",
-        }
-        logger.info("%s: best %s (%d extracted, %d from the cache)%s", entry.name, sel.best_model,
-                    kinds.count("extracted"), kinds.count("cached"),
-                    "; content changed since registration" if summary[entry.name]["changed"] else "")
+    with runners_for(settings) as runner:  # on Dask: one local cluster for the whole night, not one per dataset
+        for entry in entries:
+            summary[entry.name] = _rerank(entry, runner(), logger, zoo=zoo, methods=methods, store=str(settings.store),
+                                          tracking_uri=tracking_uri, device=device, batch_size=batch_size,
+                                          num_workers=num_workers)
     _log_track_record(logger, settings, tracking_uri, zoo)
     if all(s["status"] == "failed" for s in summary.values()):
         raise RuntimeError("nightly-rerank: at least one dataset must be ranked; every one failed ("

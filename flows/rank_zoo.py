@@ -1,8 +1,10 @@
 """The ``rank-zoo`` flow: rank every model of a zoo on one labelled dataset.
 
 1. Resolve the dataset (fingerprint) and the zoo; create the MLflow experiment before any fan-out.
-2. Fan out one ``extract-logits`` task per model on a bounded thread pool (tag ``gpu``, retries,
-   cached on dataset fingerprint x model x weights digest x preprocessing).
+2. Fan out one ``extract-logits`` task per model on the task runner of ``LEAD_EXECUTOR``
+   (:mod:`flows.runners`: a bounded thread pool, or Dask worker processes, each extraction holding a
+   worker's ``GPU`` resource; tag ``gpu``, retries, cached on dataset fingerprint x model x weights digest
+   x preprocessing).
 3. One ``score-model`` task per extracted model computes every requested method.
 4. Rank, write the rankings table, log one MLflow parent run with a child run per model (from this
    process, with ``log_batch``), and publish a Prefect table artifact.
@@ -28,9 +30,10 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import check_cluster, gpu, settle, task_runner
 from lead.config import Settings
 from lead.dataref import DatasetRef
-from lead.errors import DatasetError, ScoreError, error_text, strip_ansi
+from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
 from lead.extract import CANCEL
 from lead.plan import RankingPlan, plan_ranking
 from lead.scoring import get_method
@@ -50,9 +53,16 @@ from tasks.score import score_model
 DEFAULT_MAX_WORKERS = int(os.environ.get("LEAD_MAX_WORKERS") or 2)
 
 
-def task_runner(settings: Settings) -> ThreadPoolTaskRunner:
-    """The task runner of a ranking: a thread pool of ``settings.max_workers`` models extracted at once."""
-    return ThreadPoolTaskRunner(max_workers=settings.max_workers)
+def _decorator_runner():
+    """The runner of a run that gets no other (a deployment's run under ``lead serve`` or a work pool, a
+    direct Python call): the executor of the environment (``LEAD_EXECUTOR``), ``DEFAULT_MAX_WORKERS`` wide.
+    A bad ``LEAD_*`` value gets the thread pool here; the flow's own settings then report it."""
+    if (os.environ.get("LEAD_EXECUTOR") or "threads").strip().lower() == "threads":
+        return ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS)  # without reading settings (no torch import)
+    try:
+        return task_runner(Settings.from_env(max_workers=DEFAULT_MAX_WORKERS))
+    except InputError:
+        return ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS)
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -180,27 +190,30 @@ def _extract_all(plan: RankingPlan, st: Store, models: dict[str, ModelResult], w
     if any(not cached for *_, cached in todo):
         _split_threads(settings, sum(not cached for *_, cached in todo))  # imports torch: only when a model runs
     for position, spec, cache_key, digest, cached in todo:
-        futures[spec.name] = extract_logits.with_options(refresh_cache=not cached).submit(
-            ref, spec, cache_key=cache_key, weights_digest=digest, store=str(st.root), key=keys[spec.name],
-            device=settings.device, batch_size=settings.batch_size, num_workers=settings.num_workers,
-            max_bad_fraction=settings.max_bad_fraction, progress_position=position if show_progress else None,
-        )
+        with gpu():  # on Dask: the task holds one GPU resource of its worker
+            futures[spec.name] = extract_logits.with_options(refresh_cache=not cached).submit(
+                ref, spec, cache_key=cache_key, weights_digest=digest, store=str(st.root), key=keys[spec.name],
+                device=settings.device, batch_size=settings.batch_size, num_workers=settings.num_workers,
+                max_bad_fraction=settings.max_bad_fraction, progress_position=position if show_progress else None,
+            )
     done = _Extracted(submitted=len(futures))
     for name, fut in futures.items():
-        fut.wait()
-        if not fut.state.is_completed():
-            err, text = _state_error(fut.state)
+        state = settle(fut)  # a Dask worker that died: Failed, with the reason
+        if not state.is_completed():
+            err, text = _state_error(state)
             models[name].fail(text)
             if isinstance(err, DatasetError):
                 done.dataset_errors.append(err)
             logger.error("%s: extraction failed: %s", name, text)
             continue
-        result = fut.result()
+        result = state.result()
         done.skipped.update((sid, err) for sid, err in result.get("skipped", []))
         done.rows[name], done.keys[name] = int(result["n"]), keys[name]
-        cached = fut.state.name == "Cached" or not result.get("extracted", True)
+        cached = state.name == "Cached" or not result.get("extracted", True)
         models[name].extraction = Extraction("cached" if cached else "extracted", result["path"],
-                                             0.0 if cached else result["seconds"])
+                                             0.0 if cached else result["seconds"], worker=result.get("worker", ""),
+                                             device=result.get("device", ""), start=result.get("extract_start", ""),
+                                             end=result.get("extract_end", ""))
     return done
 
 
@@ -212,12 +225,12 @@ def _score_and_rank(mplan: MethodPlan, st: Store, keys: dict[str, str], models: 
     scores: dict[str, dict[str, float]] = {m: {} for m in mplan.computed}
     errors: dict[str, dict[str, str]] = {}
     for name, fut in futures.items():
-        fut.wait()
-        if not fut.state.is_completed():
-            models[name].fail(_state_error(fut.state)[1])
+        state = settle(fut)
+        if not state.is_completed():
+            models[name].fail(_state_error(state)[1])
             continue
-        models[name].scoring = "cached" if fut.state.name == "Cached" else "computed"
-        for method, res in fut.result().items():
+        models[name].scoring = "cached" if state.name == "Cached" else "computed"
+        for method, res in state.result().items():
             if "score" in res:
                 scores[method][name] = res["score"]
             else:
@@ -261,7 +274,7 @@ def _record(sel: Selection, plan: RankingPlan, st: Store, tracking: _Tracking, l
         logger.warning("could not publish the table artifact: %s", err)
 
 
-@flow(name="rank-zoo", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS), validate_parameters=False)
+@flow(name="rank-zoo", task_runner=_decorator_runner(), validate_parameters=False)
 def rank_zoo(
     dataset: str | DatasetRef,
     zoo: str,
@@ -319,6 +332,10 @@ def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None) ->
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     logger.info("dataset %s: %d images, %d classes, fingerprint %s", ref.name, ref.n_samples, plan.n_classes,
                 ref.fingerprint[:12])
+    workers = check_cluster()  # on Dask: start or reach the cluster now; refuse one where no extraction could run
+    if workers:
+        logger.info("tasks run on %d Dask worker(s): %s", len(workers), ", ".join(sorted(workers)))
+        show_progress = False  # bars drawn by several worker processes would garble the terminal
     tracking = _Tracking.start(plan.settings, st, ref, run_id, logger)
     models = {s.name: ModelResult(s.name, s.arch, s.weights) for s in plan.specs}
     warnings: list[str] = []  # printed under the ranking and kept in the selection

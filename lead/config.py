@@ -8,6 +8,7 @@
 | ``LEAD_MAX_WORKERS`` | GPUs, or 2 on CPU | concurrent extraction tasks (the bounded thread pool) |
 | ``LEAD_NUM_WORKERS`` | ``min(4, cores)`` | DataLoader worker processes per extraction |
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
+| ``LEAD_EXECUTOR`` | ``threads`` | where tasks run: ``threads`` (a thread pool in the flow's process) or ``dask`` (a local Dask cluster of worker processes, or the one at ``DASK_SCHEDULER_ADDRESS``; see ``flows.runners``) |
 | ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<store>/mlflow.db`` | where selections are recorded |
 """
@@ -19,6 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lead.errors import InputError
+
+#: Executor names (``LEAD_EXECUTOR``, ``--executor``); ``flows.runners.RUNNERS`` maps each to its task runner.
+EXECUTORS = ("threads", "dask")
 
 
 def _env(name: str, default, parse, valid, what: str):
@@ -53,6 +57,13 @@ def gpu_driver_present() -> bool:
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd")
 
 
+def _executor_env(default: str = "threads") -> str:
+    raw = (os.environ.get("LEAD_EXECUTOR") or default).strip().lower()
+    if raw not in EXECUTORS:
+        raise InputError(f"settings: LEAD_EXECUTOR must be one of {', '.join(EXECUTORS)}; got {raw!r}.")
+    return raw
+
+
 def _default_max_workers() -> int:
     """One extraction per GPU; 2 without one (torch is imported only when a GPU driver is present)."""
     if not gpu_driver_present():
@@ -79,6 +90,7 @@ class Settings:
     tracking_uri: str
     max_bad_fraction: float = 0.05
     auto_min_datasets: int = 3  # lead.trackrecord.AUTO_MIN_DATASETS
+    executor: str = "threads"  # EXECUTORS
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -97,5 +109,9 @@ class Settings:
             tracking_uri=tracking,
             max_bad_fraction=_fraction_env("LEAD_MAX_BAD_FRACTION", 0.05),
             auto_min_datasets=_int_env("LEAD_AUTO_MIN_DATASETS", AUTO_MIN_DATASETS),
+            executor=_executor_env(),
         )
+        executor = overrides.get("executor")
+        if executor is not None and executor not in EXECUTORS:
+            raise InputError(f"settings: executor must be one of {', '.join(EXECUTORS)}; got {executor!r}.")
         return replace(s, **overrides)

@@ -14,12 +14,19 @@ from dataclasses import asdict, dataclass, field, fields
 
 @dataclass
 class Extraction:
-    """How a model's logits file was obtained: ``status`` ``extracted`` or ``cached``, its ``path``, and
-    the ``seconds`` of the forward pass (0 when cached)."""
+    """How a model's logits file was obtained: ``status`` ``extracted`` or ``cached``, its ``path``, the
+    ``seconds`` of the forward pass (0 when cached), and where the file was made (:mod:`lead.placement`;
+    for a cached model, the run that made it): ``worker`` (``host:pid``), ``device`` (``cpu``, ``cuda:N`` in
+    the host's numbering), ``start`` and ``end`` (ISO 8601, UTC); empty strings when not recorded (files
+    written before lead recorded it)."""
 
     status: str
     path: str
     seconds: float
+    worker: str = ""
+    device: str = ""
+    start: str = ""
+    end: str = ""
 
 
 @dataclass

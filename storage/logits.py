@@ -12,9 +12,10 @@ Arrow schema (version 1)::
 Schema metadata (all strings): ``lead.schema_version``, ``lead.model``, ``lead.arch``,
 ``lead.weights``, ``lead.weights_digest``, ``lead.dataset``, ``lead.dataset_fingerprint``,
 ``lead.preprocessing`` (JSON), ``lead.classes`` (JSON), ``lead.cache_key``, ``lead.d``, ``lead.cs``,
-``lead.created_at`` (ISO 8601 UTC), ``lead.version`` (package version); and, in the file footer,
-written on close: ``lead.n`` (rows) and ``lead.skipped`` (JSON list of [sample id, error] for the
-images that could not be decoded).
+``lead.created_at`` (ISO 8601 UTC), ``lead.version`` (package version), where the extraction ran
+(``lead.worker`` ``host:pid``, ``lead.device``, ``lead.extract_start``; ISO 8601 UTC); and, in the file
+footer, written on close: ``lead.n`` (rows), ``lead.skipped`` (JSON list of [sample id, error] for the
+images that could not be decoded) and ``lead.extract_end``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class LogitsWriter:
         if self.dtype not in (np.float32, np.float16):
             raise InputError(f"logits store: dtype must be float32 or float16; got {self.dtype}.")
         self.metadata = dict(metadata)
+        #: Extra ``lead.*`` keys for the footer, known only at the end (set before ``close``).
+        self.footer: dict[str, str] = {}
         self.skipped: list[tuple[str, str]] = []
         self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         self._writer: pq.ParquetWriter | None = None
@@ -177,8 +180,8 @@ class LogitsWriter:
                 f"logits store: a file must have at least one readable image; got none for {self.path} "
                 f"({len(self.skipped)} skipped)."
             )
-        self._writer.add_key_value_metadata({"lead.n": str(self.n), "lead.skipped": json.dumps(self.skipped),
-                                             "lead.page_checksums": "crc32"})
+        self._writer.add_key_value_metadata({**self.footer, "lead.n": str(self.n),
+                                             "lead.skipped": json.dumps(self.skipped), "lead.page_checksums": "crc32"})
         self._writer.close()
         return publish(self.tmp, self.path)
 

@@ -253,7 +253,10 @@ def selection_records(sel: Selection, preprocessing: dict[str, dict], params: di
             name=m.model,
             tags={"model": m.model, "arch": m.arch, "weights": m.weights, "status": m.status,
                   **({"error": m.error} if m.error else {}),
-                  **({"extraction": m.extraction.status} if m.extraction else {})},
+                  **({"extraction": m.extraction.status} if m.extraction else {}),
+                  **({f"extraction.{k}": v for k, v in (("worker", m.extraction.worker), ("device", m.extraction.device),
+                                                        ("start", m.extraction.start), ("end", m.extraction.end)) if v}
+                     if m.extraction else {})},
             params={f"preprocessing.{k}": json.dumps(v) for k, v in preprocessing[m.model].items()},
             metrics={**m.scores, **{f"rank_{k}": v for k, v in m.ranks.items()}},
         )

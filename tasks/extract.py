@@ -22,7 +22,8 @@ from prefect import task
 from lead.data import ImageDataset
 from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ModelLoadError
-from lead.extract import CANCEL, extract
+from lead.extract import CANCEL, extract, select_device
+from lead.placement import now_iso, placed
 from lead.zoo import ModelSpec, load_model
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
 from storage.store import Store
@@ -134,7 +135,10 @@ def extract_logits(
     dataset is unreadable, extraction stops at once and nothing is written.
 
     Returns a JSON-able dict: ``path``, ``cache_key``, ``n`` (rows written), ``d``, ``cs``, ``seconds``,
-    ``skipped`` ([sample id, error] pairs), ``extracted`` (False when a finished file was already there).
+    ``skipped`` ([sample id, error] pairs), ``extracted`` (False when a finished file was already there),
+    and where the file was made (:mod:`lead.placement`, also kept in the file's metadata, so a file found
+    in the store names the worker that made it): ``worker`` (``host:pid``), ``device``, ``extract_start``,
+    ``extract_end`` (ISO 8601, UTC; empty for files written before these were recorded).
 
     Raises:
         ModelLoadError: the model cannot be built or its weights loaded.
@@ -147,18 +151,24 @@ def extract_logits(
         logger.info("%s: logits already in the store at %s", spec.name, path)
         meta = read_metadata(path)
         return {"path": str(path), "cache_key": cache_key, "n": int(meta["lead.n"]), "seconds": 0.0,
-                "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False}
+                "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False,
+                **{k: meta.get(f"lead.{k}", "") for k in PLACEMENT_KEYS}}
 
     ds = dataset.open()
-    with gpu_slot():
-        return _extract(ds, dataset.fingerprint, spec, path, started, cache_key=cache_key, weights_digest=weights_digest, device=device,
-                        batch_size=batch_size, num_workers=num_workers, max_bad_fraction=max_bad_fraction,
-                        progress_position=progress_position)
+    with gpu_slot(), placed(select_device(device)) as where:
+        result = _extract(ds, dataset.fingerprint, spec, path, started, cache_key=cache_key, weights_digest=weights_digest,
+                          device=device, batch_size=batch_size, num_workers=num_workers, max_bad_fraction=max_bad_fraction,
+                          progress_position=progress_position, where=where.as_record())
+    return {**where.as_record(), **result}  # the end as written in the file
+
+
+#: Where a file was made, in its metadata as ``lead.<key>`` and in the task's result (lead.placement).
+PLACEMENT_KEYS = ("worker", "device", "extract_start", "extract_end")
 
 
 def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Path, started: float, *, cache_key: str,
              weights_digest: str, device: str, batch_size: int, num_workers: int, max_bad_fraction: float,
-             progress_position: int | None) -> dict:
+             progress_position: int | None, where: dict[str, str]) -> dict:
     logger = run_logger()
     model = load_model(spec)
     metadata = {
@@ -171,6 +181,7 @@ def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Pat
         "lead.preprocessing": json.dumps(spec.preprocessing(), sort_keys=True),
         "lead.classes": json.dumps(dataset.classes),
         "lead.cache_key": cache_key,
+        **{f"lead.{k}": where[k] for k in ("worker", "device", "extract_start")},
     }
     bar = None
     if progress_position is not None:
@@ -189,6 +200,7 @@ def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Pat
                     raise DatasetError(too_many_unreadable(dataset.name, writer.skipped, len(dataset), max_bad_fraction))
                 if bar is not None:
                     bar.update(len(batch.sample_ids))
+            end = writer.footer["lead.extract_end"] = now_iso()
     finally:
         if bar is not None:
             bar.close()
@@ -203,6 +215,7 @@ def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Pat
         "seconds": seconds,
         "skipped": [list(x) for x in writer.skipped],
         "extracted": True,
+        "extract_end": end,
     }
 
 

@@ -30,6 +30,13 @@ from tasks.logs import run_logger
 _SCORING_LOCK = threading.Lock()
 
 
+def scoring_lock() -> threading.Lock:
+    """This process's scoring lock. The task reaches it through this function: a Dask runner pickles the
+    task's function by value (the module's ``score_model`` is the Task, not the function), and a lock
+    among its globals cannot be pickled; a module-level function travels by reference."""
+    return _SCORING_LOCK
+
+
 def scoring_key(path: str | Path, methods: list[str]) -> str:
     """sha256 of what determines the scores: the logits file's extraction key, each method and its
     knobs, and the package version."""
@@ -64,7 +71,7 @@ def score_model(model: str, store: str, key: str, methods: list[str]) -> dict[st
         method = get_method(name)
         started = time.perf_counter()
         try:
-            with _SCORING_LOCK:
+            with scoring_lock():
                 value = method(features=data.features, logits=data.logits, labels=data.labels)
         except Exception as err:  # one method's failure must not hide the others
             logger.warning("%s: %s failed: %s", model, name, err)

@@ -131,6 +131,8 @@ def _quiet(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    if not verbose:  # Dask's own logs (read when distributed is imported; its worker processes inherit it)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     if not verbose:
         for name in ("mlflow", "alembic", "huggingface_hub", "urllib3"):
             logging.getLogger(name).setLevel(logging.ERROR)

@@ -69,7 +69,10 @@ def _cancel_on_interrupt():
     from lead.extract import CANCEL
 
     def leave():
-        time.sleep(INTERRUPT_GRACE_S)
+        started = time.monotonic()
+        if "flows.runners" in sys.modules:  # the workers of a local Dask cluster stop after their batch too
+            sys.modules["flows.runners"].cancel_local_workers()
+        time.sleep(max(0.0, INTERRUPT_GRACE_S - (time.monotonic() - started)))
         _end_runs_killed()
         _terminate_children()
         sys.stderr.write(INTERRUPTED + "\n")

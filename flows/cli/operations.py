@@ -148,6 +148,8 @@ def serve(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Flow runs at once in this process.")] = 1,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI)")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="Where the flow runs' tasks run: threads or dask "
+                        "(a local Dask cluster per flow run, or the cluster at DASK_SCHEDULER_ADDRESS). (env: LEAD_EXECUTOR)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's debug logs.")] = False,
     debug: DebugOpt = False,
 ):
@@ -170,7 +172,8 @@ def serve(
     with exits(debug):
         from flows.deployments import check_cron
 
-        settings = Settings.from_env(store=store)
+        settings = Settings.from_env(store=store, executor=executor.strip().lower() if executor else None)
+        os.environ["LEAD_EXECUTOR"] = settings.executor  # the flow runs (subprocesses of this one) read it
         load_zoo(zoo)
         methods = method.strip() if method.strip() in ("default", "auto") else parse_methods(method)  # resolved per run
         check_cron(cron, timezone)

@@ -35,10 +35,15 @@ def _print_selection(sel) -> None:
         table.add_column(m, justify="right")
     table.add_column("extraction")
     table.add_column("status")
+    from lead.placement import where_text
+
     for m in sel.models:
         extraction = m.extraction.status if m.extraction else "-"
+        where = where_text(m.extraction.worker, m.extraction.device) if m.extraction else ""
         if m.extraction and m.extraction.status == "extracted":
-            extraction += f" ({m.extraction.seconds:.1f} s)"
+            extraction += f" ({m.extraction.seconds:.1f} s{', ' + where if where else ''})"
+        elif where:  # cached: where the file was made
+            extraction += f" ({where})"
         table.add_row(
             str(m.ranks.get(primary, "-")),
             m.model,
@@ -114,6 +119,9 @@ def rank(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass. (env: LEAD_BATCH_SIZE; default 64)")] = None,
     max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. (env: LEAD_MAX_WORKERS; default: GPUs, or 2)")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="Where the tasks run: threads (of this process) or "
+                        "dask (a local Dask cluster of worker processes, one per GPU, else --max-workers; or the cluster at "
+                        "DASK_SCHEDULER_ADDRESS). (env: LEAD_EXECUTOR; default threads)")] = None,
     num_workers: Annotated[int | None, typer.Option("--num-workers", min=0, help="DataLoader processes decoding images per model. (env: LEAD_NUM_WORKERS; default: min(4, cores))")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db)")] = None,
     auto_min_datasets: Annotated[int | None, typer.Option("--auto-min-datasets", min=1, help="With --method auto: "
@@ -138,11 +146,13 @@ def rank(
     try:
         # Plan before a flow run starts (dataset, zoo, methods, settings), so mistakes cost a second, not a
         # server start; the flow gets the plan's values.
-        from flows.rank_zoo import plan_for_store, rank_zoo, task_runner
+        from flows.rank_zoo import plan_for_store, rank_zoo
+        from flows.runners import task_runner
         from lead.extract import select_device
 
         settings = Settings.from_env(store=store, tracking_uri=tracking_uri, batch_size=batch_size, max_workers=max_workers,
                                      num_workers=num_workers, auto_min_datasets=auto_min_datasets,
+                                     executor=executor.strip().lower() if executor else None,
                                      **({"device": device} if device else {}))
         plan = plan_for_store(dataset, zoo, method, settings, dataset_name=name)
         select_device(settings.device)
