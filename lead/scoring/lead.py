@@ -66,6 +66,8 @@ class LeadResult:
         eta: the step size used (``1 / mean(lambdas)`` when ``eta="auto"``).
         decay: d_k = exp(-eta * lambda_k * t), shape (K,), in (0, 1].
         fhat: evolved state, shape (N, K), float64, rows on the simplex.
+        per_sample: each sample's log-likelihood of its label at the evolved state, shape (N,), float64;
+            ``score`` is their mean (the per-sample terms :mod:`lead.scoring.bootstrap` resamples).
     """
 
     score: float
@@ -75,6 +77,7 @@ class LeadResult:
     eta: float
     decay: np.ndarray
     fhat: np.ndarray
+    per_sample: np.ndarray | None = None
 
 
 def lead_score(
@@ -300,7 +303,16 @@ def lead_details(
         eta=eta_value,
         decay=decay,
         fhat=fhat[inverse],
+        per_sample=per_sample[inverse],
     )
+
+
+def lead_terms(features, labels, **knobs) -> tuple[float, np.ndarray]:
+    """:func:`lead_score` (same arguments and errors) and its per-sample terms: (score, terms of shape (N,),
+    float64, in the caller's sample order). ``score`` is exactly :func:`lead_score`'s value and the mean of
+    ``terms`` up to rounding."""
+    result = lead_details(features, labels, **knobs)
+    return result.score, result.per_sample
 
 
 def evolve(p0: np.ndarray, codes: np.ndarray, lambdas: np.ndarray, eta: float, t: float, *, loss: str = "mse",
