@@ -226,7 +226,7 @@ def score_and_resample(
         started = clock()
         values = [once(resamples[0])]
         per_resample = max(clock() - started, 1e-9)
-        target = min(n_resamples, int(budget_s // per_resample))
+        target = min(n_resamples, int(budget_s / per_resample + 1e-9))
         if target < min(min_resamples, n_resamples):
             note = (f"{m.name}: too slow to resample: one recomputation took {per_resample:.2f} s, so {n_resamples} "
                     f"resamples would take {per_resample * n_resamples:.0f} s per model and not even {min_resamples} fit "
@@ -254,6 +254,8 @@ class Uncertainty:
             5th percentile (numpy ``method="lower"``) and the 95th (``"higher"``).
         tied_with_best: ``rank_low == 1``: the interval reaches rank 1 (true for the best model too).
         n_resamples: B, the resamples it rests on.
+        score_low, score_high: the 90% percentile interval of its score over the resamples (the figure's
+            error bars), in the method's unit.
     """
 
     p_best: float
@@ -261,9 +263,12 @@ class Uncertainty:
     rank_high: int
     tied_with_best: bool
     n_resamples: int
+    score_low: float = math.nan
+    score_high: float = math.nan
 
 
-def summarize(resampled: Mapping[str, np.ndarray], *, interval: float = INTERVAL) -> dict[str, Uncertainty]:
+def summarize(resampled: Mapping[str, np.ndarray], *, interval: float = INTERVAL,
+              observed: Mapping[str, float] | None = None) -> dict[str, Uncertainty]:
     """P(best), the rank interval and the tie flag of each model, from its scores on the same resamples.
 
     Args:
@@ -271,6 +276,11 @@ def summarize(resampled: Mapping[str, np.ndarray], *, interval: float = INTERVAL
             for every model. Only the first min(B_m) resamples are used, and a resample on which any model's
             score is NaN is left out for all (the comparison stays paired).
         interval: the rank interval's coverage, in (0, 1).
+        observed: ``{model: score on all images}``. When given, each model's resampled scores are first
+            bias-corrected, shifted by (observed - their mean) (Efron & Tibshirani 1993, ch. 10): a score
+            recomputed on resamples with repeated images can drift (LogME rises with repeats), and a
+            model must not gain rank by drifting more. For a mean over samples the shift is Monte Carlo
+            noise only. Identical models get identical shifts, so exact ties stay exact.
     Returns:
         ``{model: Uncertainty}``; empty when no resample is left (or no model).
     Raises:
@@ -289,6 +299,10 @@ def summarize(resampled: Mapping[str, np.ndarray], *, interval: float = INTERVAL
     table = table[:, np.all(np.isfinite(table), axis=0)]
     if table.shape[1] == 0:
         return {}
+    if observed is not None:
+        centre = np.array([float(observed.get(k, math.nan)) for k in models])
+        shift = np.where(np.isfinite(centre), centre - table.mean(axis=1), 0.0)
+        table = table + shift[:, None]
     top = table.max(axis=0)
     winners = table == top  # (M, B): exact ties at the top share the resample
     p_best = (winners / winners.sum(axis=0)).mean(axis=1)
@@ -296,8 +310,11 @@ def summarize(resampled: Mapping[str, np.ndarray], *, interval: float = INTERVAL
     tail = (1.0 - interval) / 2.0
     low = np.quantile(ranks, tail, axis=1, method="lower")
     high = np.quantile(ranks, 1.0 - tail, axis=1, method="higher")
+    s_low = np.quantile(table, tail, axis=1)
+    s_high = np.quantile(table, 1.0 - tail, axis=1)
     return {
-        k: Uncertainty(float(p_best[i]), int(low[i]), int(high[i]), bool(low[i] == 1), int(table.shape[1]))
+        k: Uncertainty(float(p_best[i]), int(low[i]), int(high[i]), bool(low[i] == 1), int(table.shape[1]),
+                       float(s_low[i]), float(s_high[i]))
         for i, k in enumerate(models)
     }
 
@@ -307,6 +324,7 @@ def summarize_ranking(
     resampled: Mapping[str, Mapping[str, ResampledScore]],
     *,
     interval: float = INTERVAL,
+    scores: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[dict[str, dict[str, Uncertainty]], dict[str, str]]:
     """Every reported method's uncertainty, ensembles included.
 
@@ -314,6 +332,8 @@ def summarize_ranking(
         methods: the methods reported (a :class:`lead.scoring.ranking.Ranking`'s ``methods``).
         resampled: ``{method: {model: ResampledScore}}`` for the computed (non-ensemble) methods; models a
             method could not score are absent.
+        scores: ``{method: {model: score}}`` on all images (a ``Ranking``'s ``scores``), the centres of the
+            bias correction (:func:`summarize`); a computed method's own ``ResampledScore.score`` otherwise.
     Returns:
         (``{method: {model: Uncertainty}}``, ``{method: note}``): a method without resamples (off, too
         slow, resamples that do not pair) has no entry in the first and its reason in the second.
@@ -342,7 +362,7 @@ def summarize_ranking(
         if fewer:
             notes[m] = fewer[0]
         usable[m] = {k: r.resampled for k, r in per_model.items()}
-        out[m] = summarize(usable[m], interval=interval)
+        out[m] = summarize(usable[m], interval=interval, observed={k: r.score for k, r in per_model.items()})
     for m in methods:
         method = get_method(m)
         if not method.members:
@@ -358,7 +378,8 @@ def summarize_ranking(
         for j in range(b):
             col = aggregate({c: {k: float(usable[c][k][j]) for k in models} for c in method.members}, how=method.how)
             agg[:, j] = [col[k] for k in models]
-        out[m] = summarize({k: agg[i] for i, k in enumerate(models)}, interval=interval)
+        out[m] = summarize({k: agg[i] for i, k in enumerate(models)}, interval=interval,
+                           observed=(scores or {}).get(m))
     return out, notes
 
 

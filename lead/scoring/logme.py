@@ -140,6 +140,11 @@ def _max_evidence(
     r = sigma.size
     x2 = x * x
     res = 0.0 if r == n else max(y2 - float(x2.sum()), 0.0)
+    if res <= y2 * n * RANK_RTOL:
+        # ||y||^2 - ||x||^2 cancels to rounding when y lies in the span of F (e.g. fewer distinct rows than
+        # dimensions, as a bootstrap resample with repeated rows): that residual is 0, as when r == N, so
+        # the score does not depend on rounding noise (lead.scoring.bootstrap).
+        res = 0.0
     if r == 0 or float(x2.sum()) <= y2 * RANK_RTOL:
         # Nothing of y is in the span of F: the evidence increases to its limit as alpha -> infinity,
         # the noise-only model y ~ N(0, I / beta) with beta = N / ||y||^2.

@@ -251,5 +251,5 @@ def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | st
     ranking = rank_scores(plan, scores, errors)
     if not bootstrap:
         return ranking
-    uncertainty, notes = summarize_ranking(ranking.methods, resampled)
+    uncertainty, notes = summarize_ranking(ranking.methods, resampled, scores=ranking.scores)
     return replace(ranking, uncertainty=uncertainty, uncertainty_notes=notes)
