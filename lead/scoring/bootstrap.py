@@ -16,7 +16,8 @@ How a method's score is resampled (:func:`score_and_resample`):
   those fitted on all images: the interval says how much the score moves with the images it is averaged
   over, not with a refit (docs/method.md, "Uncertainty").
 - **recompute** (``logme``, ``hscore``, ``gbc``, ``transrate``): the score is not a mean over samples, so
-  it is computed again on each resample's rows. Its cost is measured on the first resample and bounded by
+  it is computed again on each resample's rows (LogME from the distinct rows weighted by their counts,
+  :func:`lead.scoring.logme.logme_resampler`; TransRate on the Gram coordinates when N < D). Its cost is measured on the first resample and bounded by
   ``budget_s`` seconds per model: fewer resamples are used when all of them would not fit (the note says
   so), and when not even ``min_resamples`` fit the method is reported "too slow to resample" with the
   measured cost, never silently skipped.
@@ -57,12 +58,20 @@ RECOMPUTE_BUDGET_S = 5.0
 #: in each tail, so the method is reported "too slow to resample" instead.
 MIN_RESAMPLES = 50
 
-#: Scores that depend on the features only through their Gram matrix F F^T (LogME: the evidence of
-#: y ~ N(0, F F^T / alpha + I / beta); TransRate: log det(I + Z^T Z c) = log det(I + Z Z^T c) of the centred
-#: features, Sylvester). For N < D their recomputation runs on the N coordinates G = U S of the thin SVD
-#: F = U S V^T instead of the D features: F[idx] F[idx]^T = G[idx] G[idx]^T, the same score (tested), a
-#: smaller problem.
-GRAM_ONLY = ("logme", "transrate")
+#: Scores that depend on the features only through their Gram matrix F F^T (TransRate: log det(I + Z^T Z c)
+#: = log det(I + Z Z^T c) of the centred features, Sylvester). For N < D their recomputation runs on the N
+#: coordinates G = U S of the thin SVD F = U S V^T instead of the D features: F[idx] F[idx]^T =
+#: G[idx] G[idx]^T, the same score (tested), a smaller problem.
+GRAM_ONLY = ("transrate",)
+
+
+def _resamplers() -> dict:
+    """Methods with a dedicated recomputation on resamples: ``name -> factory(features, labels) -> (idx -> score)``,
+    equal to the method on the resampled rows (tested) and cheaper. LogME: the distinct rows weighted by their
+    counts, from a Gram matrix formed once (:func:`lead.scoring.logme.logme_resampler`)."""
+    from lead.scoring.logme import logme_resampler
+
+    return {"logme": logme_resampler}
 
 #: How a method is resampled (``ResampledScore.mode``).
 PER_SAMPLE, RECOMPUTE, OFF, TOO_SLOW = "per-sample", "recompute", "off", "too-slow"
@@ -213,9 +222,13 @@ def score_and_resample(
     if f is not None and m.name in GRAM_ONLY and f.ndim == 2 and f.shape[0] < f.shape[1]:
         u, sv, _ = np.linalg.svd(f, full_matrices=False)
         f = u * sv  # (N, N): the same Gram matrix as the features
+    fast = _resamplers().get(m.name) if not m.params else None
+    compute = fast(f, y) if fast is not None else None
 
     def once(idx: np.ndarray) -> float:
         try:
+            if compute is not None:
+                return compute(idx)
             return m(features=None if f is None else f[idx], logits=None if s is None else s[idx], labels=y[idx])
         except Exception:  # noqa: BLE001 - one resample's failure is NaN there; the others still count
             return math.nan

@@ -79,13 +79,25 @@ def test_per_sample_resample_is_the_mean_of_the_drawn_terms():
 
 
 def test_recomputed_resample_is_the_method_on_the_drawn_rows():
-    f, y = separated(d=100)  # N = 80 < D = 100: LogME and TransRate run on the N Gram coordinates
+    f, y = separated(d=100)  # N = 80 < D = 100: LogME from the weighted distinct rows, TransRate on Gram coordinates
     for name, fn in (("logme", logme), ("transrate", transrate), ("hscore", get_method("hscore"))):
         r = score_and_resample(name, features=f, labels=y, n_resamples=6, seed=1, budget_s=600)
         idx = paired_resamples(y, 6, seed=1)
         assert r.mode == RECOMPUTE and r.note == ""
         expected = [fn(features=f[i], labels=y[i]) if name == "hscore" else fn(f[i], y[i]) for i in idx]
         np.testing.assert_allclose(r.resampled, expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize("shape", [(60, 200), (200, 12)])
+def test_logme_resampler_equals_logme_on_the_resampled_rows(shape):
+    from lead.scoring.logme import logme_resampler
+
+    n, d = shape
+    f, y = separated(n_per_class=n // 4, d=d, gap=1.5)
+    fast = logme_resampler(f, y)
+    for idx in paired_resamples(y, 4, seed=2):
+        assert fast(idx) == pytest.approx(logme(f[idx], y[idx]), rel=1e-9)
+    assert fast(np.arange(n)) == pytest.approx(logme(f, y), rel=1e-9)
 
 
 def test_two_identical_models_share_p_best_and_a_better_one_wins():
