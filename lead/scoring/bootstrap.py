@@ -210,7 +210,8 @@ def score_and_resample(
     if m.terms is not None:
         score, terms = m.score_terms(features=features, logits=logits, labels=labels)
         started = clock()
-        resampled = terms[resamples].mean(axis=1)
+        # row by row: memory O(N), not a B x N gather
+        resampled = np.fromiter((terms[row].mean() for row in resamples), dtype=np.float64, count=len(resamples))
         return ResampledScore(m.name, score, resampled, PER_SAMPLE, clock() - started, "", digest)
 
     from threadpoolctl import threadpool_limits
