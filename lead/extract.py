@@ -30,13 +30,22 @@ from lead.zoo import ModelSpec
 class Batch:
     """One batch of results. ``features``: (B, D) float32; ``logits``: (B, Cs) float32 or None for
     headless models; ``labels``: (B,) int32; ``sample_ids``: B strings. ``skipped``: (sample id, error)
-    of the images of this batch that could not be decoded (not among the B rows; B may be 0)."""
+    of the images of this batch that could not be decoded (not among the B rows; B may be 0).
+    ``seconds``: wall time of the batch's forward pass on its device, copying the results back included
+    (which waits for the device); decoding excluded. Sum B over the sum of ``seconds`` is the model's
+    throughput in images/s (:func:`throughput`)."""
 
     sample_ids: list[str]
     labels: np.ndarray
     features: np.ndarray
     logits: np.ndarray | None
     skipped: list[tuple[str, str]]
+    seconds: float = 0.0
+
+
+def throughput(images: int, seconds: float) -> float | None:
+    """Images per second of forward passes, or None when nothing was timed."""
+    return images / seconds if images > 0 and seconds > 0 else None
 
 
 def select_device(requested: str | None = None) -> str:
@@ -281,14 +290,18 @@ def extract(
             if len(index) == 0:
                 yield Batch([], np.zeros(0, np.int32), np.zeros((0, 0), np.float32), None, skipped)
                 continue
+            started = time.perf_counter()
             images = images.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             feats, logits = forward(model, images, logits=not headless)
+            feats_np = feats.float().cpu().numpy()  # the copy to the host ends the forward pass's time
+            logits_np = None if logits is None else logits.float().cpu().numpy()
             yield Batch(
                 sample_ids=[ids[i] for i in index.tolist()],
                 labels=labels.numpy().astype(np.int32),
-                features=feats.float().cpu().numpy(),
-                logits=None if logits is None else logits.float().cpu().numpy(),
+                features=feats_np,
+                logits=logits_np,
                 skipped=skipped,
+                seconds=time.perf_counter() - started,
             )

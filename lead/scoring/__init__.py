@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lead.errors import InputError
 from lead.scoring.gbc import N_COMPONENTS, gbc
 from lead.scoring.hscore import hscore
-from lead.scoring.lead import LeadParams, LeadResult, lead_details, lead_score
-from lead.scoring.leep import leep
+from lead.scoring.lead import LeadParams, LeadResult, lead_details, lead_score, lead_terms
+from lead.scoring.leep import leep, leep_terms
 from lead.scoring.logme import logme
-from lead.scoring.nce import nce
-from lead.scoring.nleep import COMPONENTS_PER_CLASS, SEED, VARIANCE, nleep
-from lead.scoring.sfda import sfda
+from lead.scoring.nce import nce, nce_terms
+from lead.scoring.nleep import COMPONENTS_PER_CLASS, SEED, VARIANCE, nleep, nleep_terms
+from lead.scoring.sfda import sfda, sfda_terms
 from lead.scoring.transrate import EPS, transrate
 
 
@@ -48,6 +50,10 @@ class Method:
         scale_free: the score is the same for ``features * c`` (any c > 0), as transferability is
             (tested); False for the methods whose published definition has an absolute constant in the
             feature scale (docs/baselines.md, "Scale").
+        terms: for a score that is a mean over samples, the function returning ``(score, terms)`` with
+            ``terms`` the (N,) per-sample terms in the caller's order (called like ``fn``; ``score`` is
+            ``fn``'s value); the bootstrap resamples them (:mod:`lead.scoring.bootstrap`). None for a
+            score that is not a mean over samples: the bootstrap recomputes it on each resample.
     """
 
     name: str
@@ -62,8 +68,24 @@ class Method:
     members: tuple[str, ...] = ()
     how: str = ""
     scale_free: bool = True
+    terms: Callable[..., tuple] | None = None
 
     def __call__(self, *, labels, features=None, logits=None) -> float:
+        return float(self.fn(labels=labels, **self._inputs(features, logits), **self.params))
+
+    def score_terms(self, *, labels, features=None, logits=None):
+        """``(score, terms)``: the score, exactly as :meth:`__call__` computes it, and its per-sample terms,
+        shape (N,), float64, in the caller's order, whose mean is the score (up to rounding).
+
+        Raises:
+            InputError: as :meth:`__call__`, or the method is not a mean over samples (``terms`` is None).
+        """
+        if self.terms is None:
+            raise InputError(f"{self.name}: per-sample terms must exist for score_terms; the score is not a mean over samples.")
+        score, terms = self.terms(labels=labels, **self._inputs(features, logits), **self.params)
+        return float(score), np.asarray(terms, dtype=np.float64)
+
+    def _inputs(self, features, logits) -> dict:
         if self.members:
             raise InputError(
                 f"{self.name}: an ensemble of {', '.join(self.members)} is computed across a zoo; "
@@ -80,7 +102,7 @@ class Method:
                     f"{self.name}: source logits must be given; got None. The model has no classifier head."
                 )
             kwargs["logits"] = logits
-        return float(self.fn(labels=labels, **kwargs, **self.params))
+        return kwargs
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -113,6 +135,7 @@ register(
     Method(
         name="lead",
         fn=lead_score,
+        terms=lead_terms,
         needs_features=True,
         needs_logits=False,
         # every knob with its default (LeadParams, the one definition), so rankings and MLflow record the values used
@@ -134,6 +157,7 @@ register(
     Method(
         name="leep",
         fn=leep,
+        terms=leep_terms,
         needs_features=False,
         needs_logits=True,
         reference=(
@@ -145,6 +169,7 @@ register(
     Method(
         name="nce",
         fn=nce,
+        terms=nce_terms,
         needs_features=False,
         needs_logits=True,
         reference="Tran et al., Transferability and Hardness of Supervised Classification Tasks, ICCV 2019",
@@ -154,6 +179,7 @@ register(
     Method(
         name="nleep",
         fn=nleep,
+        terms=nleep_terms,
         needs_features=True,
         needs_logits=False,
         min_samples=2 * COMPONENTS_PER_CLASS,
@@ -178,6 +204,7 @@ register(
     Method(
         name="sfda",
         fn=sfda,
+        terms=sfda_terms,
         needs_features=True,
         needs_logits=False,
         scale_free=False,  # the regularisation exp(-a * sigma(S_B)) depends on the largest eigenvalue's size

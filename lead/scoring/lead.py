@@ -201,6 +201,8 @@ class LeadResult:
         decay: d_k = exp(-eta * lambda_k * t), shape (K,), in (0, 1].
         fhat: evolved state, shape (N, K), float64, rows on the simplex.
         params: the knobs used.
+        per_sample: each sample's log-likelihood of its label at the evolved state, shape (N,), float64;
+            ``score`` is their mean (the per-sample terms :mod:`lead.scoring.bootstrap` resamples).
     """
 
     score: float
@@ -211,6 +213,7 @@ class LeadResult:
     decay: np.ndarray
     fhat: np.ndarray
     params: LeadParams = LeadParams()
+    per_sample: np.ndarray | None = None
 
 
 def lead_score(features, labels: Sequence[Hashable] | np.ndarray, params: LeadParams | None = None, *,
@@ -370,7 +373,16 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
         decay=decay,
         fhat=fhat[inverse],
         params=p,
+        per_sample=per_sample[inverse],
     )
+
+
+def lead_terms(features, labels, **knobs) -> tuple[float, np.ndarray]:
+    """:func:`lead_score` (same arguments and errors) and its per-sample terms: (score, terms of shape (N,),
+    float64, in the caller's sample order). ``score`` is exactly :func:`lead_score`'s value and the mean of
+    ``terms`` up to rounding."""
+    result = lead_details(features, labels, **knobs)
+    return result.score, result.per_sample
 
 
 def evolve(p0: np.ndarray, codes: np.ndarray, lambdas: np.ndarray, eta: float, t: float, *, loss: str = "mse",

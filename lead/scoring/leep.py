@@ -41,14 +41,27 @@ def leep(logits, labels: Sequence[Hashable] | np.ndarray) -> float:
     Notes:
         Cost O(N Cs K); memory O(N Cs + K Cs).
     """
+    return leep_terms(logits, labels)[0]
+
+
+def leep_terms(logits, labels: Sequence[Hashable] | np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`leep` (same arguments and errors) and its per-sample terms log p(y_i | x_i): (score, terms of
+    shape (N,), float64, in the caller's order); the score is their mean. The empirical conditional
+    Phat(y | z) inside each term is the one fitted on all N samples."""
     from scipy.special import softmax  # lazy: importing the registry must not import scipy
     where = "leep"
     s, enc = check_inputs(logits, labels, where=where, name="logits")
-    return leep_from_probabilities(softmax(s, axis=1), enc.codes, enc.n_classes, where=where)
+    terms = leep_log_eep(softmax(s, axis=1), enc.codes, enc.n_classes, where=where)
+    return float(terms.mean()), terms
 
 
 def leep_from_probabilities(theta: np.ndarray, codes: np.ndarray, n_classes: int, *, where: str) -> float:
-    """LEEP of validated inputs: theta (N, C) rows on the simplex, codes (N,) in 0..K-1. Shared with N-LEEP.
+    """LEEP of validated inputs: theta (N, C) rows on the simplex, codes (N,) in 0..K-1. Shared with N-LEEP."""
+    return float(leep_log_eep(theta, codes, n_classes, where=where).mean())
+
+
+def leep_log_eep(theta: np.ndarray, codes: np.ndarray, n_classes: int, *, where: str) -> np.ndarray:
+    """Per-sample log p(y_i | x_i) of LEEP's dummy classifier, shape (N,), float64; LEEP is their mean.
 
     Raises:
         ScoreError: some sample gets probability 0 for its label (cannot happen for rows on the simplex;
@@ -67,4 +80,4 @@ def leep_from_probabilities(theta: np.ndarray, codes: np.ndarray, n_classes: int
             f"{where}: every sample's expected empirical prediction must be > 0; got 0 for "
             f"{int((eep <= 0).sum())} samples. Report the inputs' scale."
         )
-    return float(np.log(eep).mean())
+    return np.log(eep)

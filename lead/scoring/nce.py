@@ -37,6 +37,13 @@ def nce(logits, labels: Sequence[Hashable] | np.ndarray) -> float:
     Notes:
         Cost O(N Cs) for the argmax, O(N) for the counts; only predicted source classes are stored.
     """
+    return nce_terms(logits, labels)[0]
+
+
+def nce_terms(logits, labels: Sequence[Hashable] | np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`nce` (same arguments and errors) and its per-sample terms log Phat(y_i | z_i): (score, terms of
+    shape (N,), float64, in the caller's order). NCE = sum_{y,z} Phat(y, z) log Phat(y | z) is their mean;
+    the score is computed from the counts as before (equal to the terms' mean up to rounding)."""
     where = "nce"
     s, enc = check_inputs(logits, labels, where=where, name="logits")
     n = enc.codes.shape[0]
@@ -46,4 +53,5 @@ def nce(logits, labels: Sequence[Hashable] | np.ndarray) -> float:
     per_z = counts.sum(axis=0)  # > 0 for every column by construction
     nz = counts > 0
     conditional = counts / per_z
-    return float((counts[nz] * np.log(conditional[nz])).sum() / n) + 0.0  # + 0.0: no -0.0
+    score = float((counts[nz] * np.log(conditional[nz])).sum() / n) + 0.0  # + 0.0: no -0.0
+    return score, np.log(conditional[enc.codes, z]) + 0.0

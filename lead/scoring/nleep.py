@@ -13,7 +13,7 @@ import numpy as np
 
 from lead.errors import InputError, ScoreError
 from lead.scoring._validate import check_float_knob, check_inputs, check_int_knob, global_scale, require_samples
-from lead.scoring.leep import leep_from_probabilities
+from lead.scoring.leep import leep_log_eep
 
 #: Fraction of the variance the PCA keeps (paper; TencentARC/SFDA ``NLEEP``: ``PCA(n_components=0.8)``).
 VARIANCE = 0.8
@@ -69,6 +69,21 @@ def nleep(
         warning is silenced. Cost per EM step O(N M p^2) with M = 5 K components and p PCA dimensions,
         plus O(N D min(N, D)) for the PCA.
     """
+    return nleep_terms(features, labels, variance=variance, components_per_class=components_per_class, seed=seed)[0]
+
+
+def nleep_terms(
+    features,
+    labels: Sequence[Hashable] | np.ndarray,
+    *,
+    variance: float = VARIANCE,
+    components_per_class: int = COMPONENTS_PER_CLASS,
+    seed: int = SEED,
+) -> tuple[float, np.ndarray]:
+    """:func:`nleep` (same arguments and errors) and its per-sample terms log p(y_i | x_i): (score, terms of
+    shape (N,), float64, in the caller's order). The score is their mean taken in the canonical order (so
+    it stays exactly invariant to the caller's order); the PCA, the mixture and Phat(y | z) are fitted on
+    all N samples."""
     from sklearn.decomposition import PCA
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
@@ -108,4 +123,7 @@ def nleep(
             f"{where}: the Gaussian mixture must fit the PCA-reduced features; got {type(err).__name__}: {err}. "
             "Try another seed or fewer components_per_class."
         ) from err
-    return leep_from_probabilities(posterior, codes, enc.n_classes, where=where)
+    terms = leep_log_eep(posterior, codes, enc.n_classes, where=where)
+    caller = np.empty_like(terms)
+    caller[order] = terms
+    return float(terms.mean()), caller

@@ -122,6 +122,9 @@ class Ranking:
         best: the models ranked 1 by the primary method (several when they tie exactly; empty when none
             was scored).
         dropped: default methods left out, with the reason; fallback: why the first method does not rank.
+        uncertainty: ``uncertainty[method][model]``, a :class:`lead.scoring.bootstrap.Uncertainty` (P(best),
+            the 90% rank interval, tied with the best) from the paired bootstrap; empty when it was off.
+        uncertainty_notes: ``{method: note}``, why a method has fewer resamples or none (too slow).
     """
 
     primary: str
@@ -133,6 +136,8 @@ class Ranking:
     best: tuple[str, ...]
     dropped: dict[str, str] = field(default_factory=dict)
     fallback: str = ""
+    uncertainty: dict = field(default_factory=dict)
+    uncertainty_notes: dict[str, str] = field(default_factory=dict)
 
 
 def rank_scores(plan: MethodPlan, scores: Mapping[str, Mapping[str, float]],
@@ -183,7 +188,8 @@ def rank_scores(plan: MethodPlan, scores: Mapping[str, Mapping[str, float]],
     )
 
 
-def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | str | None = None) -> Ranking:
+def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | str | None = None, *,
+                bootstrap: int = 0, seed: int = 0) -> Ranking:
     """Rank a zoo from its arrays, exactly as ``lead rank`` does from images.
 
     Args:
@@ -193,12 +199,21 @@ def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | st
         labels: (N,) class names, any hashable, the same samples for every model.
         methods: ``None`` for the default (:data:`lead.scoring.DEFAULT_METHODS`), a comma-separated
             string, ``"all"`` or a list of method ids.
+        bootstrap: paired bootstrap resamples B (:mod:`lead.scoring.bootstrap`); 0 (the default here,
+            so that a Python call costs one score per method; ``lead rank`` uses 200) turns it off.
+        seed: the resamples' seed.
     Returns:
         a :class:`Ranking`: ``.primary``, ``.scores[method][model]`` (NaN where a method failed, with
-        ``.errors[method][model]`` saying why), ``.ranks[model]`` (1 = best, ties share a rank).
+        ``.errors[method][model]`` saying why), ``.ranks[model]`` (1 = best, ties share a rank),
+        ``.uncertainty[method][model]`` (P(best), rank interval; with ``bootstrap`` > 0).
     Raises:
-        InputError: an unknown method, no models, or arrays whose row count differs from the labels'.
+        InputError: an unknown method, no models, arrays whose row count differs from the labels', or a
+            bad ``bootstrap``/``seed``.
     """
+    from dataclasses import replace
+
+    from lead.scoring.bootstrap import ResampledScore, score_and_resample, summarize_ranking
+
     from lead.scoring import get_method
 
     if not arrays:
@@ -214,14 +229,27 @@ def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | st
         if rows != n:
             raise InputError(f"rank_models: features of {name!r} must have one row per label ({n}); got {rows}.")
         pairs[name] = tuple(pair)
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise InputError(f"rank_models: bootstrap must be an int >= 0 (resamples; 0 = off); got {bootstrap!r}.")
     plan = plan_methods(methods, n)
     scores: dict[str, dict[str, float]] = {m: {} for m in plan.computed}
     errors: dict[str, dict[str, str]] = {}
+    resampled: dict[str, dict[str, ResampledScore]] = {m: {} for m in plan.computed}
     for name, (features, logits) in pairs.items():
         for m in plan.computed:
             try:
-                scores[m][name] = get_method(m)(features=features, logits=logits, labels=labels)
+                if bootstrap:
+                    r = score_and_resample(get_method(m), features=features, logits=logits, labels=labels,
+                                           n_resamples=bootstrap, seed=seed)
+                    resampled[m][name] = r
+                    scores[m][name] = r.score
+                else:
+                    scores[m][name] = get_method(m)(features=features, logits=logits, labels=labels)
             except Exception as err:  # one method's failure on one model never sinks the others
                 scores[m][name] = math.nan
                 errors.setdefault(m, {})[name] = f"{type(err).__name__}: {err}"
-    return rank_scores(plan, scores, errors)
+    ranking = rank_scores(plan, scores, errors)
+    if not bootstrap:
+        return ranking
+    uncertainty, notes = summarize_ranking(ranking.methods, resampled, scores=ranking.scores)
+    return replace(ranking, uncertainty=uncertainty, uncertainty_notes=notes)

@@ -63,6 +63,13 @@ def sfda(features, labels: Sequence[Hashable] | np.ndarray) -> float:
         S^-1 m = V diag(1 / ((1 - lambda) l + lambda mu)) V^T m + (m - V V^T m) / (lambda mu).
         Cost O(N D min(N, D) + N D K); no N x N matrix.
     """
+    return sfda_terms(features, labels)[0]
+
+
+def sfda_terms(features, labels: Sequence[Hashable] | np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`sfda` (same arguments and errors) and its per-sample terms, each sample's posterior of its
+    true class after the challenge: (score, terms of shape (N,), float64, in the caller's order); the score
+    is their mean. Both discriminants are fitted on all N samples."""
     from scipy.special import softmax  # lazy: importing the registry must not import scipy
     where = "sfda"
     x, enc = check_inputs(features, labels, where=where)
@@ -81,7 +88,8 @@ def sfda(features, labels: Sequence[Hashable] | np.ndarray) -> float:
     means2, within2 = _class_means(mixed, codes, k, enc.counts)
     lam2, vecs2, mu2 = _within_spectrum(within2, where=where)
     prob2 = _posterior(mixed, means2, lam2, vecs2, mu2, shrinkage, log_priors)
-    return float(prob2[np.arange(codes.shape[0]), codes].mean())
+    terms = prob2[np.arange(codes.shape[0]), codes]
+    return float(terms.mean()), terms
 
 
 def _class_means(x: np.ndarray, codes: np.ndarray, k: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
