@@ -216,24 +216,55 @@ def _print_selection(sel: dict) -> None:
         f"({sel['n_samples']} images, {sel['n_classes']} classes), by {sel['primary_method']}",
         title_justify="left",
     )
+    primary = sel["primary_method"]
+    boot = any(primary in m.get("uncertainty", {}) for m in sel["models"])
     table.add_column("rank", justify="right")
     table.add_column("model")
     for m in methods:
         table.add_column(m, justify="right")
+        if m == primary and boot:
+            table.add_column("P(best)", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("GFLOPs", justify="right")
     table.add_column("extraction")
     table.add_column("status")
     for m in sel["models"]:
         extraction = m["extraction"]["status"] if m["extraction"] else "-"
         if m["extraction"] and m["extraction"]["status"] == "extracted":
             extraction += f" ({m['extraction']['seconds']:.1f} s)"
+        u = m.get("uncertainty", {}).get(primary, {})
+        rank = m["ranks"].get(primary)
+        marker = "≈" if u.get("tied_with_best") and rank != 1 else ""
+        cells = []
+        for k in methods:
+            cells.append(f"{m['scores'][k]:.4f}" if k in m["scores"] else "-")
+            if k == primary and boot:
+                cells.append(f"{u['p_best']:.2f}" if "p_best" in u else "-")
+        cost = m.get("cost") or {}
+        status = "ok" if m["status"] == "ok" else (m["error"] if m["status"] == "excluded" else
+                                                  f"failed: {m['error'][:150]}{'...' if len(m['error']) > 150 else ''}")
         table.add_row(
-            str(m["ranks"].get(sel["primary_method"], "-")),
+            f"{marker}{rank}" if rank is not None else "-",
             m["model"],
-            *[f"{m['scores'][k]:.4f}" if k in m["scores"] else "-" for k in methods],
+            *cells,
+            f"{cost['params'] / 1e6:.1f} M" if cost.get("params") else "-",
+            f"{cost['gflops']:.3f}" if cost.get("gflops") else "-",
             extraction,
-            "ok" if m["status"] == "ok" else f"failed: {m['error'][:150]}{'...' if len(m['error']) > 150 else ''}",
+            status,
         )
     console.print(table)
+    if boot:
+        tied = [m["model"] for m in sel["models"] if m.get("uncertainty", {}).get(primary, {}).get("tied_with_best")
+                and m["ranks"].get(primary) != 1]
+        b = sel["bootstrap"]
+        console.print(f"P(best): share of {b['resamples']} paired resamples of the images in which the model scores "
+                      f"highest by {primary}" + (f"; ≈ tied with the best (its 90% rank interval reaches 1): "
+                                                 f"{', '.join(tied)}" if tied else ""))
+    front = [m["model"] for m in sel["models"] if m.get("pareto", {}).get(primary)]
+    if front and any((m.get("cost") or {}).get("gflops") for m in sel["models"]):
+        console.print(f"Pareto front ({primary} against GFLOPs): {', '.join(front)}")
+    for note in (sel.get("bootstrap") or {}).get("notes", {}).values():
+        console.print(f"[yellow]bootstrap[/yellow]: {escape(note)}")
     for method in methods:
         failed = {m["model"]: m["method_errors"][method] for m in sel["models"] if method in m.get("method_errors", {})
                   and m["status"] == "ok"}
@@ -296,6 +327,16 @@ def rank(
     auto_min_datasets: Annotated[int | None, typer.Option("--auto-min-datasets", min=1, help="With --method auto: "
                                  "datasets of track record a method needs before auto ranks by it. (env: LEAD_AUTO_MIN_DATASETS; "
                                  "default 3)")] = None,
+    bootstrap: Annotated[int | None, typer.Option("--bootstrap", min=0, help="Paired bootstrap resamples of the images "
+                         "for P(best) and the 90% rank intervals; 0 turns it off. (env: LEAD_BOOTSTRAP; default 200)")] = None,
+    bootstrap_seed: Annotated[int, typer.Option("--bootstrap-seed", min=0, help="Seed of the resamples.")] = 0,
+    bootstrap_budget: Annotated[float | None, typer.Option("--bootstrap-budget", min=0.001, help="Seconds a score that is "
+                                "recomputed on each resample (LogME, H-score, GBC, TransRate) may spend per model; fewer "
+                                "resamples, or none (said so), when slower. (env: LEAD_BOOTSTRAP_BUDGET; default 5)")] = None,
+    max_params: Annotated[float | None, typer.Option("--max-params", min=1, help="Leave out models with more parameters "
+                          "(recorded as excluded, with the reason).")] = None,
+    max_gflops: Annotated[float | None, typer.Option("--max-gflops", min=0.0, help="Leave out models needing more GFLOPs "
+                          "per image at their input size (recorded as excluded).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the selection as JSON instead of a table.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: DebugOpt = False,
@@ -339,7 +380,8 @@ def rank(
         sel = _run_flow(
             flow, dataset=dataset, zoo=zoo, methods=method, store=str(store) if store else None, tracking_uri=tracking_uri,
             dataset_name=name, device=device, batch_size=batch_size, num_workers=num_workers, show_progress=not as_json and sys.stderr.isatty() or verbose,
-            auto_min_datasets=auto_min_datasets,
+            auto_min_datasets=auto_min_datasets, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed,
+            bootstrap_budget=bootstrap_budget, max_params=max_params, max_gflops=max_gflops,
         )
         restore()
     except BaseException as err:

@@ -14,15 +14,18 @@ error; the others are still ranked. The flow fails only when no model could be s
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -32,13 +35,16 @@ from lead import __version__
 from lead.config import Settings
 from lead.data import check_rankable, resolve_dataset
 from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
+from lead.cost import ModelCost, check_limits, pareto_front, spec_cost
 from lead.extract import CANCEL
 from lead.scoring import get_method
+from lead.scoring.bootstrap import ResampledScore, summarize_ranking
 from lead.scoring.ranking import parse_methods as parse_method_list
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.trackrecord import is_auto, resolve_auto
 from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import check_cached, logits_path
+from storage.figures import selection_markdown, write_selection_figure
 from storage.rankings import write_rankings
 from storage.tracking import RunRecord, Tracker, run_url, ui_command
 from tasks.extract import extract_logits, extraction_key
@@ -103,6 +109,11 @@ def rank_zoo(
     num_workers: int | None = None,
     show_progress: bool = False,
     auto_min_datasets: int | None = None,
+    bootstrap: int | None = None,
+    bootstrap_seed: int = 0,
+    bootstrap_budget: float | None = None,
+    max_params: float | None = None,
+    max_gflops: float | None = None,
 ) -> dict:
     """Rank the models of ``zoo`` on ``dataset`` by each method in ``methods`` (the first is primary).
 
@@ -118,6 +129,11 @@ def rank_zoo(
         show_progress: draw a progress bar per model on stderr.
         auto_min_datasets: for ``methods="auto"``: datasets of track record a method needs before it is
             chosen (default ``$LEAD_AUTO_MIN_DATASETS`` or 3; see :mod:`lead.trackrecord`).
+        bootstrap: paired bootstrap resamples of the images (default ``$LEAD_BOOTSTRAP`` or 200; 0: off);
+            bootstrap_seed: their seed; bootstrap_budget: seconds a recomputed score may spend per model
+            (default ``$LEAD_BOOTSTRAP_BUDGET`` or 5). See docs/uncertainty.md.
+        max_params, max_gflops: leave out (status ``excluded``, with the reason) the models over these
+            limits, counted on the architecture before any forward pass (:mod:`lead.cost`).
     Returns:
         The selection as a JSON-able dict: ``run_id``, ``dataset``, ``dataset_fingerprint``,
         ``n_samples`` (images read), ``n_listed`` (images listed), ``n_classes``, ``methods``, ``models``
@@ -125,7 +141,10 @@ def rank_zoo(
         ``ranks``), ``best_model`` (the model ranked first; ``tie: a, b`` when several share rank 1),
         ``best_models`` (every model ranked first), ``warnings`` (damaged cache files set aside),
         ``rankings_path``, ``mlflow`` (``tracking_uri``, ``experiment_id``, ``run_id``, ``url``,
-        ``ui_command``, ``error``), ``auto`` (for ``methods="auto"``: the choice and its evidence, else None).
+        ``ui_command``, ``error``), ``auto`` (for ``methods="auto"``: the choice and its evidence, else None),
+        ``bootstrap`` (B, seed, budget and the notes of methods with fewer resamples or none), ``figure_path``;
+        each model also has ``uncertainty`` ({method: P(best), rank interval, ...}), ``cost`` (``params``,
+        ``gflops``, ``images_per_s``, ``device``) and ``pareto`` ({method: on the front}).
     Raises:
         InputError/DatasetError: bad dataset, zoo or methods (nothing is run).
         ScoreError: no model could be scored (the failures are still recorded).
@@ -134,8 +153,10 @@ def rank_zoo(
     started = time.perf_counter()
     settings = Settings.from_env(
         store=store, tracking_uri=tracking_uri, batch_size=batch_size, num_workers=num_workers,
-        **({"device": device} if device else {}),
+        bootstrap=bootstrap, bootstrap_budget=bootstrap_budget, **({"device": device} if device else {}),
     )
+    check_limits(None if max_params is None and max_gflops is None else ModelCost(0, 0, (1, 1)),
+                 max_params=max_params, max_gflops=max_gflops)  # bad limits fail before any work
     auto = resolve_auto_methods(settings.store, auto_min_datasets or settings.auto_min_datasets) if is_auto(methods) else None
     if auto is not None:
         logger.info("--method auto: %s", auto.reason)
@@ -173,12 +194,25 @@ def rank_zoo(
     # Fan-out: one extraction per model.
     models: dict[str, dict] = {
         s.name: {"model": s.name, "arch": s.arch, "weights": s.weights, "status": "ok", "error": "", "extraction": None,
-                 "scores": {}, "ranks": {}}
+                 "scores": {}, "ranks": {}, "uncertainty": {}, "pareto": {},
+                 "cost": {"params": None, "gflops": None, "images_per_s": None, "device": None}}
         for s in specs
     }
+    costs = {}  # the architectures' counts (meta device, no weights): limits, and the cost of cached extractions
+    for spec in specs:
+        try:
+            costs[spec.name] = spec_cost(spec)
+        except Exception as err:  # an unknown arch fails at loading, with its own message
+            logger.info("%s: cost not counted from the architecture: %s", spec.name, err)
+        why = check_limits(costs.get(spec.name), max_params=max_params, max_gflops=max_gflops)
+        if why:
+            models[spec.name].update(status="excluded", error=f"excluded: {why}")
+            logger.warning("%s excluded: %s", spec.name, why)
     futures = {}
     warnings: list[str] = []  # printed under the ranking and kept in the selection
     for position, spec in enumerate(specs):
+        if models[spec.name]["status"] == "excluded":
+            continue
         try:
             digest = weights_digest(spec)
         except Exception as err:
@@ -225,6 +259,11 @@ def rank_zoo(
         cached = state.name == "Cached" or not result.get("extracted", True)
         models[name]["extraction"] = {"status": "cached" if cached else "extracted", "path": result["path"],
                                       "seconds": 0.0 if cached else result["seconds"]}
+        counted = costs.get(name)
+        params_n = result.get("params") or (counted.params if counted else None)
+        flops = result.get("flops") or (counted.flops if counted else None)
+        models[name]["cost"] = {"params": params_n, "gflops": flops / 1e9 if flops else None,
+                                "images_per_s": result.get("images_per_s"), "device": result.get("device")}
         score_futures[name] = (score_model, result["path"])
 
     # The methods are decided on the images actually read (unreadable ones were skipped).
@@ -235,7 +274,10 @@ def rank_zoo(
     if plan.fallback:
         logger.warning("%s", plan.fallback)
     method_ids, primary = list(plan.methods), plan.primary
-    score_futures = {name: task.submit(name, path, list(plan.computed)) for name, (task, path) in score_futures.items()}
+    score_futures = {name: task.submit(name, path, list(plan.computed), bootstrap=settings.bootstrap, seed=bootstrap_seed,
+                                       budget_s=settings.bootstrap_budget)
+                     for name, (task, path) in score_futures.items()}
+    resampled: dict[str, dict[str, ResampledScore]] = {m: {} for m in plan.computed}
 
     scores: dict[str, dict[str, float]] = {m: {} for m in plan.computed}
     errors: dict[str, dict[str, str]] = {}
@@ -247,6 +289,8 @@ def rank_zoo(
             continue
         models[name]["scoring"] = "cached" if fut.state.name == "Cached" else "computed"
         for method, res in fut.result().items():
+            if "resampled" in res:
+                resampled[method][name] = ResampledScore.from_dict(res["resampled"])
             if "score" in res:
                 scores[method][name] = res["score"]
             else:
@@ -267,7 +311,18 @@ def rank_zoo(
                 models[name]["ranks"][method] = ranking.ranks_by[method][name]
         if primary not in models[name]["scores"]:
             models[name].update(status="failed", error=models[name].get("method_errors", {}).get(primary, "not scored"))
-    ordered = sorted(models.values(), key=lambda m: (m["ranks"].get(primary, 10**9), m["model"]))
+    uncertainty, bootstrap_notes = (summarize_ranking(method_ids, resampled, scores=ranking.scores)
+                                    if settings.bootstrap else ({}, {}))
+    for method in method_ids:
+        for name, u in uncertainty.get(method, {}).items():
+            models[name]["uncertainty"][method] = asdict(u)
+        front = pareto_front({n: (models[n]["scores"].get(method, math.nan), models[n]["cost"]["gflops"] or math.nan)
+                              for n in scored if models[n]["status"] == "ok"})
+        for name, on in front.items():
+            models[name]["pareto"][method] = on
+    for note in bootstrap_notes.values():
+        logger.warning("bootstrap: %s", note)
+    ordered = sorted(models.values(), key=lambda m: (m["status"] == "excluded", m["ranks"].get(primary, 10**9), m["model"]))
     ok = [m for m in ordered if m["status"] == "ok"]
     best_models = [m["model"] for m in ok if m["ranks"].get(primary) == 1]
     best = best_model_text(best_models)
@@ -283,12 +338,17 @@ def rank_zoo(
     for m in ordered:
         for method in method_ids:
             error = m["error"] or m.get("method_errors", {}).get(method, "")
+            u = m["uncertainty"].get(method, {})
             rows.append({
+                **{k: u.get(k) for k in ("p_best", "rank_low", "rank_high", "tied_with_best", "score_low", "score_high")},
+                "params": m["cost"]["params"], "gflops": m["cost"]["gflops"], "images_per_s": m["cost"]["images_per_s"],
+                "pareto": m["pareto"].get(method) if m["status"] == "ok" else None,
                 "run_id": run_id, "created_at": created_at, "dataset": ds.name, "dataset_fingerprint": fingerprint,
                 "model": m["model"], "method": method, "score": m["scores"].get(method), "rank": m["ranks"].get(method),
                 "n_samples": n_read, "n_classes": len(ds.classes), "mlflow_run_id": parent_id or "",
                 "flow_run_id": str(flow_run.id or ""), "params_json": params_json,
-                "status": "ok" if method in m["scores"] else "failed", "error": error,
+                "status": "excluded" if m["status"] == "excluded" else "ok" if method in m["scores"] else "failed",
+                "error": error,
             })
     rankings_file = write_rankings(settings.store, fingerprint, run_id, rows)
 
@@ -316,7 +376,15 @@ def rank_zoo(
         "seconds": None,
         "mlflow": mlflow_info,
         "auto": auto_info,
+        "bootstrap": {"resamples": settings.bootstrap, "seed": bootstrap_seed, "budget_s": settings.bootstrap_budget,
+                      "notes": bootstrap_notes},
+        "limits": {"max_params": max_params, "max_gflops": max_gflops},
+        "figure_path": None,
     }
+    try:
+        selection["figure_path"] = str(write_selection_figure(settings.store, fingerprint, run_id, selection))
+    except Exception as err:  # the picture is a convenience; the ranking is already stored
+        logger.warning("could not draw the selection's figure: %s", err)
 
     if tracker is not None:
         try:
@@ -328,26 +396,38 @@ def rank_zoo(
                           **({"extraction": m["extraction"]["status"]} if m["extraction"] else {})},
                     params={f"preprocessing.{k}": json.dumps(v) for k, v in
                             next(s for s in specs if s.name == m["model"]).preprocessing().items()},
-                    metrics={**m["scores"], **{f"rank_{k}": v for k, v in m["ranks"].items()}},
+                    metrics={**m["scores"], **{f"rank_{k}": v for k, v in m["ranks"].items()},
+                             **{f"{field}_{k}": u[field] for k, u in m["uncertainty"].items()
+                                for field in ("p_best", "rank_low", "rank_high")},
+                             **({"p_best": m["uncertainty"][primary]["p_best"]} if primary in m["uncertainty"] else {}),
+                             **{k: v for k, v in m["cost"].items() if k != "device" and v is not None}},
                 )
                 for m in ordered
             ]
-            failed = [m["model"] for m in ordered if m["status"] != "ok"]
+            failed = [m["model"] for m in ordered if m["status"] == "failed"]
+            excluded = [m["model"] for m in ordered if m["status"] == "excluded"]
             parent = RunRecord(
                 name=ds.name,
                 tags={"best_model": best, "best_models": ",".join(best_models), "zoo_digest": selection["zoo_digest"], "primary_method": primary,
                       "flow_run_id": str(flow_run.id or ""), "lead_run_id": run_id, "n_models": str(len(ordered)),
                       "failed_models": ",".join(failed), "lead_version": __version__,
+                      **({"excluded_models": ",".join(excluded)} if excluded else {}),
                       "skipped_images": str(len(skipped)),
                       **({"skipped_list": ", ".join(sorted(skipped))} if skipped else {}),
                       **({"auto_method": primary, "auto_evidence": json.dumps(auto_info)} if auto else {})},
                 params={"methods": ",".join(method_ids), "n_samples": str(n_read), "n_classes": str(len(ds.classes)),
+                        "bootstrap": str(settings.bootstrap), "bootstrap_seed": str(bootstrap_seed),
+                        "bootstrap_budget_s": str(settings.bootstrap_budget),
+                        **{k: str(v) for k, v in selection["limits"].items() if v is not None},
                         **({"auto_min_datasets": str(auto.min_datasets)} if auto else {}),
                         **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v)
                            for meth, p in params.items() for k, v in p.items()}},
-                metrics={f"best_{primary}": ok[0]["scores"][primary]} if ok else {},
+                metrics={f"best_{primary}": ok[0]["scores"][primary],
+                         **({"p_best": ok[0]["uncertainty"][primary]["p_best"]} if primary in ok[0]["uncertainty"] else {})}
+                if ok else {},
             )
-            tracker.log_selection(experiment_id, parent_id, parent, children, artifact={k: v for k, v in selection.items() if k != "mlflow"})
+            tracker.log_selection(experiment_id, parent_id, parent, children, artifact={k: v for k, v in selection.items() if k != "mlflow"},
+                                  figure=Path(selection["figure_path"]) if selection["figure_path"] else None)
             mlflow_info.update(experiment_id=experiment_id, run_id=parent_id,
                                url=run_url(settings.tracking_uri, experiment_id, parent_id))
         except Exception as err:
@@ -356,9 +436,15 @@ def rank_zoo(
 
     table = [
         {"rank": m["ranks"].get(primary, ""), "model": m["model"], **{k: m["scores"].get(k, "") for k in method_ids},
-         "status": m["status"], "error": m["error"][:200]}
+         "p_best": m["uncertainty"].get(primary, {}).get("p_best", ""), "params": m["cost"]["params"] or "",
+         "gflops": m["cost"]["gflops"] or "", "status": m["status"], "error": m["error"][:200]}
         for m in ordered
     ]
+    try:
+        create_markdown_artifact(markdown=selection_markdown(selection), key=artifact_key("selection", ds.name),
+                                 description=f"The selection on {ds.name}: figure, P(best), cost.")
+    except Exception as err:
+        logger.warning("could not publish the markdown artifact: %s", err)
     try:
         create_table_artifact(
             table=table,

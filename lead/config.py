@@ -9,6 +9,8 @@
 | ``LEAD_NUM_WORKERS`` | ``min(4, cores)`` | DataLoader worker processes per extraction |
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
 | ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
+| ``LEAD_BOOTSTRAP`` | ``200`` | paired bootstrap resamples per ranking (``--bootstrap``; 0 turns it off) |
+| ``LEAD_BOOTSTRAP_BUDGET`` | ``5`` | seconds a recomputed score may spend on one model's resamples (``--bootstrap-budget``) |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<store>/mlflow.db`` | where selections are recorded |
 """
 
@@ -47,6 +49,19 @@ def _fraction_env(name: str, default: float) -> float:
     return value
 
 
+def _positive_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"settings: {name} must be a number > 0; got {raw!r}.") from None
+    if not value > 0:
+        raise InputError(f"settings: {name} must be a number > 0; got {value}.")
+    return value
+
+
 def _default_max_workers() -> int:
     try:
         import torch
@@ -70,10 +85,13 @@ class Settings:
     tracking_uri: str
     max_bad_fraction: float = 0.05
     auto_min_datasets: int = 3  # lead.trackrecord.AUTO_MIN_DATASETS
+    bootstrap: int = 200  # lead.scoring.bootstrap.DEFAULT_RESAMPLES
+    bootstrap_budget: float = 5.0  # lead.scoring.bootstrap.RECOMPUTE_BUDGET_S
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
         """Read the environment, then apply the non-None ``overrides`` (CLI flags)."""
+        from lead.scoring.bootstrap import DEFAULT_RESAMPLES, RECOMPUTE_BUDGET_S
         from lead.trackrecord import AUTO_MIN_DATASETS
 
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -88,5 +106,7 @@ class Settings:
             tracking_uri=tracking,
             max_bad_fraction=_fraction_env("LEAD_MAX_BAD_FRACTION", 0.05),
             auto_min_datasets=_int_env("LEAD_AUTO_MIN_DATASETS", AUTO_MIN_DATASETS),
+            bootstrap=_int_env("LEAD_BOOTSTRAP", DEFAULT_RESAMPLES),
+            bootstrap_budget=_positive_env("LEAD_BOOTSTRAP_BUDGET", RECOMPUTE_BUDGET_S),
         )
         return replace(s, **overrides)

@@ -1,14 +1,22 @@
 """The rankings table: one Parquet file per selection, ``<store>/rankings/dataset=<fp>/run=<id>.parquet``.
 
-One row per (model, method). Columns (schema version 1)::
+One row per (model, method). Columns (schema version 2)::
 
     run_id string, created_at timestamp[us, UTC], dataset string, dataset_fingerprint string,
     model string, method string, score double (null when not scored), rank int32 (1 = best; null
     when not scored), n_samples int64, n_classes int32, mlflow_run_id string (empty when tracking
-    failed), flow_run_id string, params_json string, status string ("ok" | "failed"), error string
+    failed), flow_run_id string, params_json string, status string ("ok" | "failed" | "excluded"),
+    error string,
+    p_best double, rank_low int32, rank_high int32, tied_with_best bool, score_low double,
+    score_high double (the paired bootstrap, docs/uncertainty.md; null when it was off or the method
+    too slow to resample), params int64, gflops double, images_per_s double (the model's cost,
+    repeated on each of its rows; null when unknown), pareto bool (on the score-versus-GFLOPs front of
+    this method)
 
 ``status`` and ``error`` extend ARCHITECTURE.md's list so that a model that failed stays visible in
-the table with its reason.
+the table with its reason; ``excluded`` is a model left out by ``--max-params``/``--max-gflops``.
+Files of schema version 1 lack the columns of version 2; ``lead history`` reads both (DuckDB
+``union_by_name``), the old rows with nulls there.
 """
 
 from __future__ import annotations
@@ -37,8 +45,18 @@ RANKINGS_SCHEMA = pa.schema(
         ("params_json", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("p_best", pa.float64()),
+        ("rank_low", pa.int32()),
+        ("rank_high", pa.int32()),
+        ("tied_with_best", pa.bool_()),
+        ("score_low", pa.float64()),
+        ("score_high", pa.float64()),
+        ("params", pa.int64()),
+        ("gflops", pa.float64()),
+        ("images_per_s", pa.float64()),
+        ("pareto", pa.bool_()),
     ],
-    metadata={"lead.schema_version": "1", "lead.table": "rankings"},
+    metadata={"lead.schema_version": "2", "lead.table": "rankings"},
 )
 
 

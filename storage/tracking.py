@@ -5,9 +5,12 @@ nothing here is called from worker threads (MLflow's SQLite pool does not bear c
 
 Parent run: experiment ``lead/<dataset name>``; tags ``dataset``, ``dataset_fingerprint``,
 ``best_model`` (``tie: a, b`` on an exact tie), ``best_models``, ``zoo_digest``, ``primary_method``,
-``flow_run_id``, ``failed_models``; params are the methods' knobs; artifact ``ranking.json``. Child
-run per model: tags ``model``, ``arch``, ``weights``, ``status`` (and ``error``); params the model's preprocessing; one metric per method (its score)
-plus ``rank_<method>``.
+``flow_run_id``, ``failed_models``; params are the methods' knobs and the bootstrap's; artifacts
+``figure.png`` (first) and ``ranking.json``; the experiment's tag ``mlflow.experimentKind`` is
+``custom_model_development`` (MLflow 3's classic view, not the GenAI one). Child run per model: tags
+``model``, ``arch``, ``weights``, ``status`` (and ``error``); params the model's preprocessing; one metric
+per method (its score) plus ``rank_<method>``, ``p_best_<method>``, ``rank_low_<method>``,
+``rank_high_<method>``, and its cost ``params``, ``gflops``, ``images_per_s``.
 
 End states: FINISHED (children of failed models FAILED) when the selection is logged; KILLED when the
 ranking is stopped (Ctrl-C, SIGTERM: ``Tracker.end_open_runs``) or was killed outright (SIGKILL, a
@@ -35,6 +38,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+#: MLflow 3 shows an experiment in its GenAI view (traces, an assistant panel) or its classic model-training
+#: view (runs table, metrics, artifacts) by the experiment tag ``mlflow.experimentKind``; without it the UI
+#: infers the kind. Ours are model selections: the classic view (values from the UI's ExperimentKind enum).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: The selection's figure, logged first and named to sort before ``ranking.json``.
+FIGURE_ARTIFACT = "figure.png"
 
 #: Limits of one ``log_batch`` request (MLflow REST API).
 MAX_PARAMS_PER_BATCH = 100
@@ -116,12 +127,15 @@ class Tracker:
     def _ensure_experiment(self, name: str, MlflowException) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag was set
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = None
         if self.artifact_root is not None:
             location = (Path(self.artifact_root) / quote(name, safe="")).resolve().as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created meanwhile by a concurrent ranking
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -205,23 +219,25 @@ class Tracker:
             self.client.log_batch(run_id, metrics=chunk)
 
     def log_selection(
-        self, experiment_id: str, parent_id: str, parent: RunRecord, children: list[RunRecord], artifact: dict | None = None
+        self, experiment_id: str, parent_id: str, parent: RunRecord, children: list[RunRecord], artifact: dict | None = None,
+        figure: Path | None = None,
     ) -> dict[str, str]:
-        """Log a whole selection: the parent's record, one child run per model, the ranking artifact.
+        """Log a whole selection: the parent's record, one child run per model, the figure (a PNG file, logged
+        first as ``figure.png``) and the ranking artifact.
 
         Returns {model name: child run id}. Marks every run FINISHED (children of failed models FAILED);
         if logging fails part-way, the runs created so far are marked FAILED (as far as the store lets).
         """
         with self._lock:
             try:
-                return self._log_selection(experiment_id, parent_id, parent, children, artifact)
+                return self._log_selection(experiment_id, parent_id, parent, children, artifact, figure)
             except Exception:
                 for run_id in [r for r in reversed(list(Tracker._open)) if Tracker._open[r] is self]:
                     with contextlib.suppress(Exception):
                         self._end(run_id, "FAILED")
                 raise
 
-    def _log_selection(self, experiment_id, parent_id, parent, children, artifact) -> dict[str, str]:
+    def _log_selection(self, experiment_id, parent_id, parent, children, artifact, figure=None) -> dict[str, str]:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         child_ids = {}
@@ -232,6 +248,14 @@ class Tracker:
             self._end(run.info.run_id, status)
             child_ids[child.name] = run.info.run_id
         self.log(parent_id, parent)
+        if figure is not None:
+            import shutil
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="lead-figure-") as tmp:
+                named = Path(tmp) / FIGURE_ARTIFACT
+                shutil.copyfile(figure, named)
+                self.client.log_artifact(parent_id, str(named))
         if artifact is not None:
             self.client.log_text(parent_id, json.dumps(artifact, indent=2, default=str), "ranking.json")
         self._end(parent_id, "FINISHED")

@@ -19,7 +19,8 @@ from prefect.logging import get_run_logger
 
 from lead.data import ImageDataset
 from lead.errors import DatasetError, InputError, ModelLoadError
-from lead.extract import CANCEL, extract
+from lead.cost import model_cost
+from lead.extract import CANCEL, extract, select_device, throughput
 from lead.zoo import ModelSpec, load_model
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
 
@@ -140,7 +141,7 @@ def extract_logits(
         logger.info("%s: logits already in the store at %s", spec.name, path)
         meta = read_metadata(path)
         return {"path": str(path), "cache_key": cache_key, "n": int(meta["lead.n"]), "seconds": 0.0,
-                "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False}
+                "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False, **cost_from_metadata(meta)}
 
     with gpu_slot():
         return _extract(dataset, spec, path, started, cache_key=cache_key, weights_digest=weights_digest, device=device,
@@ -152,6 +153,11 @@ def _extract(dataset: ImageDataset, spec: ModelSpec, path: Path, started: float,
              device: str, batch_size: int, num_workers: int, max_bad_fraction: float, progress_position: int | None) -> dict:
     logger = get_run_logger()
     model = load_model(spec)
+    try:
+        cost = model_cost(model, spec.input_size)  # shapes only: before the weights move to the device
+    except Exception as err:  # an operator FlopCounterMode cannot run: the ranking goes on without the cost
+        logger.warning("%s: could not count its cost: %s", spec.name, err)
+        cost = None
     metadata = {
         "lead.model": spec.name,
         "lead.arch": spec.arch,
@@ -162,7 +168,9 @@ def _extract(dataset: ImageDataset, spec: ModelSpec, path: Path, started: float,
         "lead.preprocessing": json.dumps(spec.preprocessing(), sort_keys=True),
         "lead.classes": json.dumps(dataset.classes),
         "lead.cache_key": cache_key,
+        **({"lead.params": str(cost.params), "lead.flops": str(cost.flops)} if cost else {}),
     }
+    forward_s = 0.0
     bar = None
     if progress_position is not None:
         from tqdm.auto import tqdm
@@ -176,6 +184,10 @@ def _extract(dataset: ImageDataset, spec: ModelSpec, path: Path, started: float,
             ):
                 writer.write(batch.sample_ids, batch.labels, batch.features, batch.logits)
                 writer.skip(batch.skipped)
+                forward_s += batch.seconds
+                rate = throughput(writer.n, forward_s)
+                writer.close_metadata = {"lead.device": select_device(device),
+                                         **({"lead.images_per_s": f"{rate:.6g}"} if rate else {})}
                 if len(writer.skipped) > limit:
                     raise DatasetError(too_many_unreadable(dataset.name, writer.skipped, len(dataset), max_bad_fraction))
                 if bar is not None:
@@ -194,7 +206,21 @@ def _extract(dataset: ImageDataset, spec: ModelSpec, path: Path, started: float,
         "seconds": seconds,
         "skipped": [list(x) for x in writer.skipped],
         "extracted": True,
+        **cost_from_metadata({**metadata, **writer.close_metadata}),
     }
+
+
+def cost_from_metadata(meta: dict) -> dict:
+    """The model's cost recorded in a logits file's metadata: ``params``, ``flops``, ``images_per_s``,
+    ``device`` (each None when the file predates them)."""
+    def num(key, kind):
+        try:
+            return kind(meta[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    return {"params": num("lead.params", int), "flops": num("lead.flops", int),
+            "images_per_s": num("lead.images_per_s", float), "device": meta.get("lead.device")}
 
 
 def too_many_unreadable(dataset: str, skipped: list, n: int, max_bad_fraction: float) -> str:

@@ -14,6 +14,7 @@ from prefect.logging import get_run_logger
 from lead import __version__
 from lead.errors import error_text
 from lead.scoring import get_method
+from lead.scoring.bootstrap import RECOMPUTE_BUDGET_S, score_and_resample
 from storage.logits import read_logits, read_metadata
 
 
@@ -25,31 +26,35 @@ from storage.logits import read_logits, read_metadata
 _SCORING_LOCK = threading.Lock()
 
 
-def scoring_key(path: str, methods: list[str]) -> str:
+def scoring_key(path: str, methods: list[str], bootstrap: int = 0, seed: int = 0, budget_s: float = RECOMPUTE_BUDGET_S) -> str:
     """sha256 of what determines the scores: the logits file's extraction key, each method and its
-    knobs, and the package version."""
+    knobs, the bootstrap's resamples, seed and budget, and the package version."""
     doc = {
         "logits": read_metadata(Path(path)).get("lead.cache_key", path),
         "methods": [[m, get_method(m).params] for m in methods],
         "version": __version__,
+        **({"bootstrap": [bootstrap, seed, budget_s]} if bootstrap else {}),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _cache_key(context, parameters) -> str:
-    return f"score-{scoring_key(parameters['path'], parameters['methods'])}"
+    return f"score-{scoring_key(parameters['path'], parameters['methods'], parameters.get('bootstrap', 0), parameters.get('seed', 0), parameters.get('budget_s', RECOMPUTE_BUDGET_S))}"
 
 
 @task(name="score-model", task_run_name="score-{model}", cache_key_fn=_cache_key, persist_result=True)
-def score_model(model: str, path: str, methods: list[str]) -> dict[str, dict]:
-    """Compute each method in ``methods`` on the logits file at ``path``.
+def score_model(model: str, path: str, methods: list[str], bootstrap: int = 0, seed: int = 0,
+                budget_s: float = RECOMPUTE_BUDGET_S) -> dict[str, dict]:
+    """Compute each method in ``methods`` on the logits file at ``path``, and its scores on ``bootstrap``
+    paired resamples of the images (:func:`lead.scoring.bootstrap.score_and_resample`; 0: none).
 
-    Cached on (the file's extraction key, the methods and their knobs, the package version): a second
-    ranking of unchanged inputs recomputes no score. A method that fails is reported, not raised, so the
-    other methods (and models) still count.
+    Cached on (the file's extraction key, the methods and their knobs, the bootstrap's settings, the
+    package version): a second ranking of unchanged inputs recomputes no score. A method that fails is
+    reported, not raised, so the other methods (and models) still count.
 
     Returns:
-        {method: {"score": float, "seconds": float} or {"error": "<Type>: <message>"}}.
+        {method: {"score": float, "seconds": float, "resampled": ResampledScore.to_dict() (with a bootstrap)}
+        or {"error": "<Type>: <message>"}}.
     """
     logger = get_run_logger()
     data = read_logits(path)
@@ -59,10 +64,17 @@ def score_model(model: str, path: str, methods: list[str]) -> dict[str, dict]:
         started = time.perf_counter()
         try:
             with _SCORING_LOCK:
-                value = method(features=data.features, logits=data.logits, labels=data.labels)
+                if bootstrap:
+                    r = score_and_resample(method, features=data.features, logits=data.logits, labels=data.labels,
+                                           n_resamples=bootstrap, seed=seed, budget_s=budget_s)
+                    value, extra = r.score, {"resampled": r.to_dict()}
+                    if r.note:
+                        logger.warning("%s: %s", model, r.note)
+                else:
+                    value, extra = method(features=data.features, logits=data.logits, labels=data.labels), {}
         except Exception as err:  # one method's failure must not hide the others
             logger.warning("%s: %s failed: %s", model, name, err)
             out[name] = {"error": error_text(err)}
             continue
-        out[name] = {"score": value, "seconds": time.perf_counter() - started}
+        out[name] = {"score": value, "seconds": time.perf_counter() - started, **extra}
     return out
