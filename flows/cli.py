@@ -413,11 +413,16 @@ def history(
                                             "and `outcomes_log`.")] = None,
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="Draw the --dataset's past selections over time (each run's "
+                                       "ranking method, one line per model, the bootstrap interval as a band) to a PNG.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="With --plot: the PNG to write (default "
+                                             "<store>/figures/history-<dataset>.png).")] = None,
     debug: DebugOpt = False,
 ):
     """Past selections, answered by DuckDB over the store's Parquet files.
 
     Without --sql: one line per selection and method with its best model, newest first.
+    With --plot --dataset D: a PNG of D's past selections over time.
     With --sql: any query over the views `rankings` (one row per run, model and method), `logits`
     (one row per image and model: sample_id, label, features, logits, dataset, model), `outcomes` (the
     current real fine-tuned accuracy per dataset, model and metric: `lead outcomes`) and `outcomes_log`
@@ -435,6 +440,18 @@ def history(
         typer.secho(f"error: history: the store {settings.store} must exist; got no such folder. "
                     "Pass --store or set LEAD_STORE.", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+    if plot:
+        from lead.errors import InputError
+        from storage.figures import write_history_figure
+
+        if not dataset:
+            _fail(InputError("history --plot: --dataset must name the dataset to draw; got none."), debug, code=2)
+        try:
+            path = write_history_figure(settings.store, dataset, out)
+        except (InputError, duckdb.Error, OSError) as err:
+            _fail(err, debug, code=2)
+        typer.echo(f"history of {dataset}: {path}")
+        return
     try:
         table = query(settings.store, sql) if sql else selections(settings.store, dataset)
     except duckdb.Error as err:

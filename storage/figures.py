@@ -78,3 +78,50 @@ def selection_markdown(selection: dict) -> str:
     for note in (selection.get("bootstrap") or {}).get("notes", {}).values():
         lines += ["", f"- {note}"]
     return "\n".join(lines)
+
+
+#: Each selection's rows by its own ranking method (the first of ``params_json``'s methods), for one dataset
+#: (name or fingerprint).
+HISTORY_SQL = """
+SELECT created_at, run_id, model, method, score, score_low, score_high, rank
+FROM rankings
+WHERE (dataset = ? OR dataset_fingerprint = ?) AND status = 'ok'
+  AND method = json_extract_string(params_json, '$.methods[0]')
+ORDER BY created_at, model
+"""
+
+
+def history_points(store: Path, dataset: str) -> list:
+    """A dataset's past selections as :class:`lead.figures.HistoryPoint` (files of rankings schema 1 have no
+    interval: NaN there)."""
+    from lead.figures import HistoryPoint
+    from storage.history import connect
+
+    con = connect(store)
+    try:
+        cols = {r[0] for r in con.sql("DESCRIBE rankings").fetchall()}
+        sql = HISTORY_SQL if "score_low" in cols else HISTORY_SQL.replace("score_low, score_high", "NULL, NULL")
+        rows = con.execute(sql, [dataset, dataset]).fetchall()
+    finally:
+        con.close()
+    nan = math.nan
+    return [HistoryPoint(created_at=c, run_id=r, model=m, method=meth, score=s,
+                         low=nan if lo is None else lo, high=nan if hi is None else hi, best=rank == 1)
+            for c, r, m, meth, s, lo, hi, rank in rows]
+
+
+def write_history_figure(store: Path, dataset: str, out: Path | None = None) -> Path:
+    """Draw ``dataset``'s past selections (:func:`lead.figures.history_figure`) to ``out`` (default
+    ``<store>/figures/history-<dataset>.png``), atomically. Returns the path.
+
+    Raises:
+        InputError: no scored selection of that dataset in the store.
+    """
+    import re
+
+    from lead.figures import history_figure, png_bytes
+
+    png = png_bytes(history_figure(history_points(store, dataset), dataset=dataset))
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset)[:80] or "dataset"
+    path = Path(out) if out else Path(store) / "figures" / f"history-{slug}.png"
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
