@@ -2,12 +2,15 @@
 
 Runs the README's operations path in a temporary folder: the Prefect server and the MLflow UI on free
 loopback ports, `lead setup`, `lead serve`, `lead datasets add animals animal-mnist-fewshot`; waits for the
-triggered ranking (3 EfficientNet-Lite models, 300 images, about 35 s on 2 cores), then photographs the
-flow run in the Prefect UI and the selection's parent run in the MLflow UI with headless Chromium.
+triggered ranking (3 EfficientNet-Lite models, 300 images, about 45 s on 2 cores), then photographs the
+flow run in the Prefect UI, the experiment's runs table (model-training view, the children expanded, the
+score and P(best) columns) and the selection's figure among the parent run's artifacts in the MLflow UI,
+with headless Chromium.
 
     .venv/bin/python docs/screenshots.py          # needs chromium (Debian: apt-get install chromium)
 
-Writes docs/img/prefect-flow-run.png and docs/img/mlflow-selection.png. Not part of the test suite.
+Writes docs/img/prefect-flow-run.png, docs/img/mlflow-runs.png and docs/img/mlflow-selection.png. Not part of
+the test suite.
 """
 
 from __future__ import annotations
@@ -74,7 +77,10 @@ def main() -> None:
         row = pq.read_table(glob.glob(f"{store}/rankings/*/*.parquet")[0]).to_pylist()[0]
         OUT.mkdir(exist_ok=True)
         shoot(f"http://127.0.0.1:{pport}/runs/flow-run/{row['flow_run_id']}", OUT / "prefect-flow-run.png", "1400,860")
-        shoot(f"http://127.0.0.1:{mport}/#/experiments/1/runs/{row['mlflow_run_id']}", OUT / "mlflow-selection.png", "1600,1000")
+        view = "workflowType=machine_learning"  # the model-training view (storage.tracking.UI_VIEW)
+        shoot(f"http://127.0.0.1:{mport}/#/experiments/1/runs?{view}", OUT / "mlflow-runs.png", "1600,900")
+        shoot(f"http://127.0.0.1:{mport}/#/experiments/1/runs/{row['mlflow_run_id']}/artifacts/figure.png?{view}",
+              OUT / "mlflow-selection.png", "1600,1000")
     finally:
         for p in reversed(procs):
             stop(p)

@@ -58,8 +58,10 @@ def selection_markdown(selection: dict) -> str:
     lines = [f"# {selection['dataset']}: best by {primary}: {selection['best_model'] or 'none'}", ""]
     ml = selection.get("mlflow") or {}
     if ml.get("url"):
-        lines.append(f"Figure: [figure.png in the MLflow run]({ml['url']}/artifacts/figure.png) "
-                     f"([the run]({ml['url']}))")
+        from storage.tracking import FIGURE_ARTIFACT, run_url
+
+        figure = run_url(ml["tracking_uri"], ml["experiment_id"], ml["run_id"], f"artifacts/{FIGURE_ARTIFACT}")
+        lines.append(f"Figure: [{FIGURE_ARTIFACT} in the MLflow run]({figure}) ([the run]({ml['url']}))")
     if selection.get("figure_path"):
         lines.append(f"Figure file: [{selection['figure_path']}]({Path(selection['figure_path']).as_uri()})")
     lines += ["", f"| rank | model | {primary} | P(best) | 90% rank interval | params | GFLOPs | Pareto |",

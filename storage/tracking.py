@@ -80,9 +80,16 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+#: MLflow 3.17's UI shows an experiment in the GenAI or the model-training view by its ``workflowType``
+#: (URL parameter, then remembered in the browser), GenAI by default, whatever the experiment's tag says; the
+#: links we print open the model-training view (the runs table with the metrics, the artifacts).
+UI_VIEW = "workflowType=machine_learning"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, path: str = "") -> str:
+    """The MLflow UI's page of a run (``path``: e.g. ``artifacts/figure.png``), in the model-training view."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{'/' + path if path else ''}?{UI_VIEW}"
 
 
 class Tracker:
