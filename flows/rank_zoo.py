@@ -422,7 +422,7 @@ def rank_zoo(
                         **({"auto_min_datasets": str(auto.min_datasets)} if auto else {}),
                         **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v)
                            for meth, p in params.items() for k, v in p.items()}},
-                metrics={f"best_{primary}": ok[0]["scores"][primary],
+                metrics={f"best_{primary}": ok[0]["scores"][primary], **ok[0]["scores"],
                          **({"p_best": ok[0]["uncertainty"][primary]["p_best"]} if primary in ok[0]["uncertainty"] else {})}
                 if ok else {},
             )
