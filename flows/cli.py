@@ -298,6 +298,8 @@ def _print_selection(sel: dict) -> None:
     if ml.get("run_id"):
         console.print(f"MLflow run: {ml['run_id']} in experiment lead/{sel['dataset']} ({ml['tracking_uri']})")
         console.print(f"open it with: {ml['ui_command']}  then {ml['url']}")
+        if ml.get("runs_url"):
+            console.print(f"runs table (scores, P(best), cost as columns): {ml['runs_url']}")
     if ml.get("error"):
         console.print(f"[red]MLflow logging failed[/red]: {ml['error']} (the ranking is in the rankings table)")
 

@@ -46,7 +46,7 @@ from lead.zoo import load_zoo, weights_digest, zoo_digest
 from storage.logits import check_cached, logits_path
 from storage.figures import selection_markdown, write_selection_figure
 from storage.rankings import write_rankings
-from storage.tracking import RunRecord, Tracker, run_url, ui_command
+from storage.tracking import RunRecord, Tracker, run_url, runs_url, ui_command
 from tasks.extract import extract_logits, extraction_key
 from tasks.score import score_model
 
@@ -429,7 +429,8 @@ def rank_zoo(
             tracker.log_selection(experiment_id, parent_id, parent, children, artifact={k: v for k, v in selection.items() if k != "mlflow"},
                                   figure=Path(selection["figure_path"]) if selection["figure_path"] else None)
             mlflow_info.update(experiment_id=experiment_id, run_id=parent_id,
-                               url=run_url(settings.tracking_uri, experiment_id, parent_id))
+                               url=run_url(settings.tracking_uri, experiment_id, parent_id),
+                               runs_url=runs_url(settings.tracking_uri, experiment_id))
         except Exception as err:
             logger.error("MLflow logging failed: %s", err)
             mlflow_info["error"] = _error_text(err)

@@ -86,6 +86,25 @@ def ui_command(tracking_uri: str) -> str:
 UI_VIEW = "workflowType=machine_learning"
 
 
+#: The experiment tag holding the runs table's view that ``lead`` links to (MLflow's shared views: the UI
+#: reads ``mlflow.sharedViewState.<key>`` when the URL has ``viewStateShareKey=<key>``).
+VIEW_KEY = "lead"
+
+
+def runs_view_state(methods: list[str], expanded_run_id: str | None = None) -> str:
+    """The runs table's view as MLflow's UI stores it (JSON): the methods' scores, P(best) and the cost as
+    columns, newest first, the latest selection's children expanded."""
+    columns = [f"metrics.`{m}`" for m in methods] + [f"metrics.`{k}`" for k in ("p_best", "params", "gflops", "images_per_s")]
+    return json.dumps({"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False,
+                       "runsExpanded": {expanded_run_id: True} if expanded_run_id else {}})
+
+
+def runs_url(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment, in the model-training view, with lead's columns."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{UI_VIEW}"
+
+
 def run_url(tracking_uri: str, experiment_id: str, run_id: str, path: str = "") -> str:
     """The MLflow UI's page of a run (``path``: e.g. ``artifacts/figure.png``), in the model-training view."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
@@ -255,6 +274,8 @@ class Tracker:
             self._end(run.info.run_id, status)
             child_ids[child.name] = run.info.run_id
         self.log(parent_id, parent)
+        methods = [m for m in parent.params.get("methods", "").split(",") if m]
+        self.client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", runs_view_state(methods, parent_id))
         if figure is not None:
             import shutil
             import tempfile
