@@ -74,8 +74,8 @@ def shoot(url: str, out: Path, size: str, init_script: str = "") -> None:
                     context.add_init_script(init_script)
                 page = context.new_page()
                 page.goto(url)
-                page.wait_for_load_state("networkidle")
-                page.wait_for_timeout(4000)
+                page.wait_for_load_state("load")
+                page.wait_for_timeout(8000)  # the UIs poll their APIs: never "network idle"
                 page.screenshot(path=str(out))
             finally:
                 browser.close()
