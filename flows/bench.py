@@ -32,6 +32,7 @@ from lead.trackrecord import MIN_MODELS, choose_method, history_suite
 from lead.scoring.ranking import plan_methods, rank_scores
 from lead.zoo import load_zoo
 from storage.bench import bench_dir, plot_scores, write_bench_table
+from storage.store import Store
 from storage.tracking import RunRecord, Tracker, run_url
 from tasks.score import score_model
 
@@ -84,7 +85,7 @@ def score_stored(files: dict[str, Path], methods: list[str]) -> dict[str, dict[s
     Returns ``{method: {model: score}}``; a method that fails on a model leaves that model out."""
     out: dict[str, dict[str, float]] = {m: {} for m in methods}
     for model, path in files.items():
-        res = score_model(model, str(path), methods)
+        res = score_model(model, str(Path(path).parent), Path(path).name, methods)
         for m in methods:
             if "score" in res[m]:
                 out[m][model] = res[m]["score"]
@@ -150,7 +151,7 @@ def evaluate_scores(
 
     mlflow_info: dict = {"tracking_uri": settings.tracking_uri}
     try:
-        tracker = Tracker(settings.tracking_uri, artifact_root=settings.store / "mlflow-artifacts")
+        tracker = Tracker(settings.tracking_uri, artifact_root=Store.of(settings.store).mlflow_artifacts)
         exp = tracker.ensure_experiment(experiment or f"lead-bench/{s.name}")
         parent = tracker.start_parent(exp, run_name=f"bench-{s.name}-{run_id}", tags={"suite": s.name, "lead_run_id": run_id})
         metrics = {f"tau.{r['method']}.{r['dataset']}": r["weighted_tau"] for r in rows if math.isfinite(r["weighted_tau"])}
@@ -181,13 +182,8 @@ def evaluate_scores(
 TRACK_RECORD_EXPERIMENT = "lead-track-record"
 
 
-def track_record(
-    store: str | None = None,
-    tracking_uri: str | None = None,
-    zoo: str | None = None,
-    metric: str | None = None,
-    min_models: int = MIN_MODELS,
-) -> dict:
+def track_record(store: str | None = None, tracking_uri: str | None = None, zoo: str | None = None,
+                 metric: str | None = None, min_models: int = MIN_MODELS) -> dict:
     """The store's track record, evaluated and reported like a suite (``lead bench --history``).
 
     Each dataset's latest selection (its scores per model and method, ``storage.history.latest_scores``)
@@ -325,8 +321,8 @@ def bench(
             failures[name] = error_text(err)
             logger.error("dataset %s could not be ranked: %s", name, err)
             continue
-        selections[name] = sel["run_id"]
-        scores[name] = {m: {x["model"]: x["scores"][m] for x in sel["models"] if m in x["scores"]} for m in method_ids}
+        selections[name] = sel.run_id
+        scores[name] = sel.scores_by_method(method_ids)
 
     result = evaluate_scores(s, scores, method_ids, settings=settings, specs=specs, failures=failures,
                              tags={"selection_runs": json.dumps(selections)}, logger=logger)

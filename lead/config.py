@@ -10,6 +10,7 @@
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
 | ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
 | ``LEAD_BOOTSTRAP`` | ``200`` | paired bootstrap resamples per ranking (``--bootstrap``; 0 turns it off) |
+| ``LEAD_BOOTSTRAP_SEED`` | ``0`` | seed of the resamples (``--bootstrap-seed``) |
 | ``LEAD_BOOTSTRAP_BUDGET`` | ``5`` | seconds a recomputed score may spend on one model's resamples (``--bootstrap-budget``) |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<store>/mlflow.db`` | where selections are recorded |
 """
@@ -23,43 +24,34 @@ from pathlib import Path
 from lead.errors import InputError
 
 
-def _int_env(name: str, default: int) -> int:
+def _env(name: str, default, parse, valid, what: str):
+    """``$name`` parsed by ``parse`` and checked by ``valid``, or ``default`` when unset or empty.
+
+    Raises:
+        InputError: it does not parse, or it is not ``valid`` (the message says it must be ``what``).
+    """
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise InputError(f"settings: {name} must be an integer; got {raw!r}.") from None
-    if value < 0:
-        raise InputError(f"settings: {name} must be >= 0; got {value}.")
+        raise InputError(f"settings: {name} must be {what}; got {raw!r}.") from None
+    if not valid(value):
+        raise InputError(f"settings: {name} must be {'>= 0' if parse is int else what}; got {value}.")
     return value
+
+
+def _int_env(name: str, default: int) -> int:
+    return _env(name, default, int, lambda v: v >= 0, "an integer")
 
 
 def _fraction_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InputError(f"settings: {name} must be a number in [0, 1]; got {raw!r}.") from None
-    if not 0.0 <= value <= 1.0:
-        raise InputError(f"settings: {name} must be a number in [0, 1]; got {value}.")
-    return value
+    return _env(name, default, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _positive_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InputError(f"settings: {name} must be a number > 0; got {raw!r}.") from None
-    if not value > 0:
-        raise InputError(f"settings: {name} must be a number > 0; got {value}.")
-    return value
+    return _env(name, default, float, lambda v: v > 0, "a number > 0")
 
 
 def _default_max_workers() -> int:
@@ -87,6 +79,7 @@ class Settings:
     auto_min_datasets: int = 3  # lead.trackrecord.AUTO_MIN_DATASETS
     bootstrap: int = 200  # lead.scoring.bootstrap.DEFAULT_RESAMPLES
     bootstrap_budget: float = 5.0  # lead.scoring.bootstrap.RECOMPUTE_BUDGET_S
+    bootstrap_seed: int = 0
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -108,5 +101,6 @@ class Settings:
             auto_min_datasets=_int_env("LEAD_AUTO_MIN_DATASETS", AUTO_MIN_DATASETS),
             bootstrap=_int_env("LEAD_BOOTSTRAP", DEFAULT_RESAMPLES),
             bootstrap_budget=_positive_env("LEAD_BOOTSTRAP_BUDGET", RECOMPUTE_BUDGET_S),
+            bootstrap_seed=_int_env("LEAD_BOOTSTRAP_SEED", 0),
         )
         return replace(s, **overrides)

@@ -21,6 +21,7 @@ import numpy as np
 
 from lead.data import Sample
 from lead.errors import InputError, error_text
+from lead.preprocess import Preprocessing, forward, has_head
 from lead.zoo import ModelSpec
 
 
@@ -127,19 +128,9 @@ def exit_with_process(pid: int, worker_id: int = 0) -> None:
 
 
 def build_transform(spec: ModelSpec):
-    """Resize directly to ``spec.input_size`` (no crop: small target images keep all their content),
-    convert to a tensor and normalise with the weights' mean and std. Uses timm's transform factory."""
-    from timm.data import create_transform
-
-    return create_transform(
-        input_size=(3, *spec.input_size),
-        interpolation=spec.interpolation,
-        mean=spec.mean,
-        std=spec.std,
-        crop_pct=1.0,
-        crop_mode="squash",
-        is_training=False,
-    )
+    """The transform of one decoded image for ``spec``: :meth:`lead.preprocess.Preprocessing.transform`
+    (resize directly to ``spec.input_size``, no crop, to a tensor, normalise with the weights' mean and std)."""
+    return Preprocessing.of(spec).transform()
 
 
 def load_rgb(path, size: tuple[int, int] | None = None):
@@ -220,8 +211,8 @@ def extract(
 
     Images that cannot be decoded are left out of the batch's rows and listed in ``Batch.skipped``.
 
-    Features come from ``forward_head(forward_features(x), pre_logits=True)`` and logits from
-    ``forward_head(..., pre_logits=False)``, one ``forward_features`` call for both (timm's API).
+    Features and logits come from :func:`lead.preprocess.forward` (one ``forward_features`` call, then
+    ``forward_head`` with and without ``pre_logits``: timm's API), the forward pass the benchmark build uses.
 
     Args:
         model: a timm model (eval mode); moved to ``device``.
@@ -238,7 +229,7 @@ def extract(
     model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    headless = getattr(model, "num_classes", 1) == 0
+    headless = not has_head(model)
     loader = DataLoader(
         ImageSamples(samples, classes, build_transform(spec), spec.input_size),
         worker_init_fn=functools.partial(exit_with_process, os.getpid()) if num_workers > 0 else None,
@@ -267,10 +258,8 @@ def extract(
             images = images.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            pooled = model.forward_features(images)
-            feats = model.forward_head(pooled, pre_logits=True)
-            logits = None if headless else model.forward_head(pooled)
-            feats_np = feats.float().cpu().numpy()
+            feats, logits = forward(model, images, logits=not headless)
+            feats_np = feats.float().cpu().numpy()  # copying back waits for the device: the timing is whole
             logits_np = None if logits is None else logits.float().cpu().numpy()
             yield Batch(
                 sample_ids=[ids[i] for i in index.tolist()],

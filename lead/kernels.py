@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from lead.errors import InputError
+from lead.preprocess import forward as model_forward
 from lead.scoring.lead import random_head
 
 
@@ -47,7 +48,8 @@ def backbone_class_kernel(model, x, codes: np.ndarray, n_classes: int, *, head: 
     """Per-class mean kernel diagonal over the last block and the random head.
 
     Args:
-        model: a timm model (``forward_features``, ``forward_head(pre_logits=True)``); put in eval mode.
+        model: a timm model (``forward_features``, ``forward_head(pre_logits=True)``: the one forward pass,
+            :func:`lead.preprocess.forward`); put in eval mode.
         x: input tensor (N, 3, H, W), float32, preprocessed for the model.
         codes: labels 0..K-1, shape (N,).
         head, seed: the random head of :func:`lead.scoring.lead.random_head` (float32 here).
@@ -63,7 +65,7 @@ def backbone_class_kernel(model, x, codes: np.ndarray, n_classes: int, *, head: 
     model.eval()
     params = last_block_parameters(model)
     with torch.inference_mode():
-        feats = torch.cat([model.forward_head(model.forward_features(x[i:i + 128]), pre_logits=True) for i in range(0, len(x), 128)])
+        feats = torch.cat([model_forward(model, x[i:i + 128], logits=False)[0] for i in range(0, len(x), 128)])
     f64 = feats.double()
     mu = f64.mean(0) if standardize else torch.zeros(feats.shape[1], dtype=torch.float64)
     sd = f64.std(0, unbiased=False) if standardize else torch.ones(feats.shape[1], dtype=torch.float64)
@@ -79,7 +81,7 @@ def backbone_class_kernel(model, x, codes: np.ndarray, n_classes: int, *, head: 
 
     def forward(xb):
         """Summed head logits of each sample, shape (B,)."""
-        z = (model.forward_head(model.forward_features(xb), pre_logits=True) - mu) / sd
+        z = (model_forward(model, xb, logits=False)[0] - mu) / sd
         a = z
         for i in range(len(layers)):
             a = a @ head_params[2 * i].T + head_params[2 * i + 1]

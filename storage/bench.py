@@ -15,35 +15,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.files import atomic_write
+from storage.tables import table_schema
+from storage.store import Store
 
-BENCH_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("suite", pa.string()),
-        ("dataset", pa.string()),
-        ("method", pa.string()),
-        ("n_models", pa.int32()),
-        ("weighted_tau", pa.float64()),
-        ("kendall_tau", pa.float64()),
-        ("spearman_rho", pa.float64()),
-        ("top1_hit", pa.float64()),
-        ("regret", pa.float64()),
-        ("note", pa.string()),
-    ],
-    metadata={"lead.schema_version": "1", "lead.table": "bench"},
+BENCH_SCHEMA = table_schema(
+    "bench",
+    "run_id string, created_at timestamp, suite string, dataset string, method string, "
+    "n_models int32, weighted_tau float64, kendall_tau float64, spearman_rho float64, "
+    "top1_hit float64, regret float64, note string",
 )
 
 
 def bench_dir(store: Path, suite: str) -> Path:
-    return Path(store) / "bench" / f"suite={suite}"
+    return Store.of(store).bench_dir(suite)
 
 
 def write_bench_table(store: Path, suite: str, run_id: str, created_at: datetime, rows: list[dict]) -> Path:
     """Write one bench run's rows atomically; returns the Parquet path."""
     full = [{**r, "run_id": run_id, "created_at": created_at, "suite": suite} for r in rows]
     table = pa.Table.from_pylist(full, schema=BENCH_SCHEMA)
-    return atomic_write(bench_dir(store, suite) / f"run={run_id}.parquet", lambda tmp: pq.write_table(table, tmp))
+    return Store.of(store).write(bench_dir(store, suite) / f"run={run_id}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def plot_scores(

@@ -1,83 +1,82 @@
-"""The selection's figure on disk, ``<store>/figures/dataset=<fingerprint>/run=<run id>.png``, and the
-markdown that links it (the Prefect artifact). Drawing is :mod:`lead.figures`; this writes the bytes
-atomically and turns a selection into the figure's points."""
+"""The selection's figure on disk (:meth:`storage.store.Store.figure_file`), the history figure, and the
+markdown that links the selection's figure (the Prefect artifact). Drawing is :mod:`lead.figures`; this
+turns a :class:`lead.selection.Selection` (or the rankings table) into the figure's points and writes the
+bytes through the store's atomic writer."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from storage.files import atomic_write
+from lead.selection import Selection
+from storage.store import Store
 
 
-def figure_path(store: Path, dataset_fingerprint: str, run_id: str) -> Path:
-    return Path(store) / "figures" / f"dataset={dataset_fingerprint}" / f"run={run_id}.png"
-
-
-def selection_points(selection: dict) -> list:
-    """The figure's points (:class:`lead.figures.ScorePoint`) of a selection's models by its ranking method."""
+def selection_points(sel: Selection) -> list:
+    """The figure's points (:class:`lead.figures.ScorePoint`) of a selection's models by its ranking method;
+    excluded models are left out."""
     from lead.figures import ScorePoint
 
-    primary = selection["primary_method"]
+    primary = sel.primary_method
     points = []
-    for m in selection["models"]:
-        if m["status"] == "excluded":
+    for m in sel.models:
+        if m.status == "excluded":
             continue
-        u = m.get("uncertainty", {}).get(primary, {})
-        gflops = (m.get("cost") or {}).get("gflops")
+        u = m.uncertainty.get(primary, {})
+        gflops = m.cost.get("gflops")
         points.append(ScorePoint(
-            model=m["model"], score=m["scores"].get(primary, math.nan),
+            model=m.model, score=m.scores.get(primary, math.nan),
             low=u.get("score_low", math.nan), high=u.get("score_high", math.nan), p_best=u.get("p_best", math.nan),
             tied_with_best=bool(u.get("tied_with_best", False)), gflops=gflops if gflops else math.nan,
-            pareto=bool(m.get("pareto", {}).get(primary, False)), rank=m["ranks"].get(primary),
+            pareto=bool(m.pareto.get(primary, False)), rank=m.ranks.get(primary),
         ))
     return points
 
 
-def write_selection_figure(store: Path, dataset_fingerprint: str, run_id: str, selection: dict) -> Path:
-    """Draw the selection's figure (:func:`lead.figures.selection_figure`) and write it atomically as PNG.
-    Returns its path.
+def write_selection_figure(store: Store | Path, sel: Selection) -> Path:
+    """Draw the selection's figure (:func:`lead.figures.selection_figure`) and write it atomically as PNG
+    to ``figures/dataset=<fp>/run=<run id>.png``. Returns its path.
 
     Raises:
         InputError: no model was scored (nothing to draw).
     """
     from lead.figures import png_bytes, selection_figure
 
-    boot = selection.get("bootstrap") or {}
+    st = Store.of(store)
+    boot = sel.bootstrap or {}
     resamples = f", {boot['resamples']} paired resamples" if boot.get("resamples") else ", no bootstrap"
-    title = (f"{selection['dataset']}: {len(selection['models'])} models by {selection['primary_method']} "
-             f"({selection['n_samples']} images{resamples})")
-    png = png_bytes(selection_figure(selection_points(selection), method=selection["primary_method"], title=title))
-    return atomic_write(figure_path(store, dataset_fingerprint, run_id), lambda tmp: Path(tmp).write_bytes(png))
+    title = (f"{sel.dataset}: {len(sel.models)} models by {sel.primary_method} ({sel.n_samples} images{resamples})")
+    png = png_bytes(selection_figure(selection_points(sel), method=sel.primary_method, title=title))
+    return st.write(st.figure_file(sel.dataset_fingerprint, sel.run_id), lambda tmp: Path(tmp).write_bytes(png))
 
 
-def selection_markdown(selection: dict) -> str:
-    """Markdown for the Prefect UI: the best model, a table of P(best), rank interval and cost, and links to
-    the figure (its MLflow artifact and its file)."""
-    primary = selection["primary_method"]
-    lines = [f"# {selection['dataset']}: best by {primary}: {selection['best_model'] or 'none'}", ""]
-    ml = selection.get("mlflow") or {}
-    if ml.get("url"):
+def selection_markdown(sel: Selection) -> str:
+    """Markdown for the Prefect UI: the best model, links to the figure (its MLflow artifact and its file),
+    and a table of score, P(best), rank interval, cost and Pareto flag by the ranking method."""
+    primary = sel.primary_method
+    lines = [f"# {sel.dataset}: best by {primary}: {sel.best_model or 'none'}", ""]
+    ml = sel.mlflow
+    if ml is not None and ml.url:
         from storage.tracking import FIGURE_ARTIFACT, run_url
 
-        figure = run_url(ml["tracking_uri"], ml["experiment_id"], ml["run_id"], f"artifacts/{FIGURE_ARTIFACT}")
-        lines.append(f"Figure: [{FIGURE_ARTIFACT} in the MLflow run]({figure}) ([the run]({ml['url']}))")
-    if selection.get("figure_path"):
-        lines.append(f"Figure file: [{selection['figure_path']}]({Path(selection['figure_path']).as_uri()})")
+        figure = run_url(ml.tracking_uri, ml.experiment_id, ml.run_id, f"artifacts/{FIGURE_ARTIFACT}")
+        lines.append(f"Figure: [{FIGURE_ARTIFACT} in the MLflow run]({figure}) ([the run]({ml.url})"
+                     + (f", [the runs table]({ml.runs_url})" if ml.runs_url else "") + ")")
+    if sel.figure_path:
+        lines.append(f"Figure file: [{sel.figure_path}]({Path(sel.figure_path).as_uri()})")
     lines += ["", f"| rank | model | {primary} | P(best) | 90% rank interval | params | GFLOPs | Pareto |",
               "|---|---|---|---|---|---|---|---|"]
-    for m in selection["models"]:
-        u = m.get("uncertainty", {}).get(primary, {})
-        cost = m.get("cost") or {}
-        score = m["scores"].get(primary)
+    for m in sel.models:
+        u = m.uncertainty.get(primary, {})
+        score = m.scores.get(primary)
         lines.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            m["ranks"].get(primary, m["status"]), m["model"], f"{score:.4f}" if score is not None else "-",
+            m.ranks.get(primary, m.status), m.model, f"{score:.4f}" if score is not None else "-",
             f"{u['p_best']:.2f}" if "p_best" in u else "-",
             f"{u['rank_low']}-{u['rank_high']}" if "rank_low" in u else "-",
-            f"{cost['params'] / 1e6:.1f} M" if cost.get("params") else "-",
-            f"{cost['gflops']:.3g}" if cost.get("gflops") else "-",
-            "yes" if m.get("pareto", {}).get(primary) else ""))
-    for note in (selection.get("bootstrap") or {}).get("notes", {}).values():
+            f"{m.cost['params'] / 1e6:.1f} M" if m.cost.get("params") else "-",
+            f"{m.cost['gflops']:.3g}" if m.cost.get("gflops") else "-",
+            "yes" if m.pareto.get(primary) else ""))
+    for note in (sel.bootstrap or {}).get("notes", {}).values():
         lines += ["", f"- {note}"]
     return "\n".join(lines)
 
@@ -93,8 +92,8 @@ ORDER BY created_at, model
 """
 
 
-def history_points(store: Path, dataset: str) -> list:
-    """A dataset's past selections as :class:`lead.figures.HistoryPoint` (files of rankings schema 1 have no
+def history_points(store: Store | Path, dataset: str) -> list:
+    """A dataset's past selections as :class:`lead.figures.HistoryPoint` (rows of rankings schema 1 have no
     interval: NaN there)."""
     from lead.figures import HistoryPoint
     from storage.history import connect
@@ -112,18 +111,15 @@ def history_points(store: Path, dataset: str) -> list:
             for c, r, m, meth, s, lo, hi, rank in rows]
 
 
-def write_history_figure(store: Path, dataset: str, out: Path | None = None) -> Path:
+def write_history_figure(store: Store | Path, dataset: str, out: Path | None = None) -> Path:
     """Draw ``dataset``'s past selections (:func:`lead.figures.history_figure`) to ``out`` (default
-    ``<store>/figures/history-<dataset>.png``), atomically. Returns the path.
+    ``figures/history-<dataset>.png`` in the store), atomically. Returns the path.
 
     Raises:
         InputError: no scored selection of that dataset in the store.
     """
-    import re
-
     from lead.figures import history_figure, png_bytes
 
-    png = png_bytes(history_figure(history_points(store, dataset), dataset=dataset))
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset)[:80] or "dataset"
-    path = Path(out) if out else Path(store) / "figures" / f"history-{slug}.png"
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+    st = Store.of(store)
+    png = png_bytes(history_figure(history_points(st, dataset), dataset=dataset))
+    return st.write(Path(out).resolve() if out else st.history_figure_file(dataset), lambda tmp: Path(tmp).write_bytes(png))

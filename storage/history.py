@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from storage.rankings import RANKINGS_SCHEMA
+from storage.store import LOGITS_GLOB, OUTCOMES_GLOB, RANKINGS_GLOB, Store
 
 #: The default answer of ``lead history``: one line per selection and method with its best model(s)
 #: (ties listed together), newest first, the ranking method first within a selection. Selections in
@@ -43,20 +44,18 @@ def _sql_str(s: str) -> str:
 
 def connect(store: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the ``rankings`` and ``logits`` views over ``store``."""
-    store = Path(store)
+    store = Store.of(store)
     con = duckdb.connect(":memory:")
-    rankings = sorted((store / "rankings").glob("dataset=*/run=*.parquet"))
-    if rankings:
-        glob = (store / "rankings" / "dataset=*" / "run=*.parquet").as_posix()
+    if store.files(RANKINGS_GLOB):
+        glob = store.glob_path(RANKINGS_GLOB)
         con.sql(
             f"CREATE VIEW rankings AS SELECT * FROM read_parquet({_sql_str(glob)}, hive_partitioning=false, union_by_name=true)"
         )
     else:
         con.register("_empty_rankings", pa.Table.from_pylist([], schema=RANKINGS_SCHEMA))
         con.sql("CREATE VIEW rankings AS SELECT * FROM _empty_rankings")
-    logits = sorted((store / "logits").glob("dataset=*/model=*/*.parquet"))
-    if logits:
-        glob = (store / "logits" / "dataset=*" / "model=*" / "*.parquet").as_posix()
+    if store.files(LOGITS_GLOB):
+        glob = store.glob_path(LOGITS_GLOB)
         # the model id comes from each file's `lead.model` (a long id's folder name is bounded and hashed,
         # storage.logits.encode_model_id); the partition value stands in for a file without it
         con.sql(
@@ -84,12 +83,12 @@ WHERE rn = 1
 """
 
 
-def _outcome_views(con: duckdb.DuckDBPyConnection, store: Path) -> None:
+def _outcome_views(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     """Views ``outcomes_log`` (every outcome row, append-only) and ``outcomes`` (current values)."""
-    from storage.outcomes import OUTCOMES_SCHEMA, outcomes_dir
+    from storage.outcomes import OUTCOMES_SCHEMA
 
-    if sorted(outcomes_dir(store).glob("part-*.parquet")):
-        glob = (outcomes_dir(store) / "part-*.parquet").as_posix()
+    if store.files(OUTCOMES_GLOB):
+        glob = store.glob_path(OUTCOMES_GLOB)
         con.sql(f"CREATE VIEW outcomes_log AS SELECT * FROM read_parquet({_sql_str(glob)}, union_by_name=true)")
     else:
         con.register("_empty_outcomes", pa.Table.from_pylist([], schema=OUTCOMES_SCHEMA))

@@ -19,7 +19,6 @@ images that could not be decoded).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -29,7 +28,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
@@ -38,56 +36,18 @@ import pyarrow.parquet as pq
 from lead import __version__
 from lead.errors import InputError, error_text
 from storage.files import publish
+from storage.store import KEY_CHARS, MAX_MODEL_DIR_CHARS, MODEL_HASH_CHARS, Store, decode_model_id, encode_model_id  # noqa: F401
 
 SCHEMA_VERSION = "1"
 #: Rows per Parquet row group (bounded memory when writing and reading in pieces).
 ROW_GROUP_SIZE = 4096
 
 
-#: Longest model folder name (``model=`` excluded), in characters of the percent-encoded id: file systems
-#: limit a path component to 255 bytes (ext4, XFS, APFS, NTFS); 200 leaves room for ``model=``. Our choice.
-MAX_MODEL_DIR_CHARS = 200
-#: Hex digits of sha256(model id) that end a bounded folder name.
-MODEL_HASH_CHARS = 16
-
-
-def encode_model_id(model: str) -> str:
-    """Path-safe form of a model id, at most ``MAX_MODEL_DIR_CHARS`` characters: its percent-encoding
-    (``arch.tag`` stays readable, and reversible with :func:`decode_model_id`) when that fits; else the
-    encoding of as many whole leading characters as fit, ``~`` and the first 16 hex digits of the
-    id's sha256 (one folder per id; the full id is in the file's ``lead.model`` metadata). A 30-character
-    CJK name encodes to 270 characters, over the 255-byte limit of a file name, and takes the second form."""
-    encoded = quote(model, safe="")
-    if len(encoded) <= MAX_MODEL_DIR_CHARS:
-        return encoded
-    suffix = "~" + hashlib.sha256(model.encode("utf-8")).hexdigest()[:MODEL_HASH_CHARS]
-    prefix = ""
-    for ch in model:
-        piece = quote(ch, safe="")
-        if len(prefix) + len(piece) + len(suffix) > MAX_MODEL_DIR_CHARS:
-            break
-        prefix += piece
-    return prefix + suffix
-
-
-def decode_model_id(encoded: str) -> str:
-    """The model id of a folder name made by :func:`encode_model_id` (for a bounded name, its decoded
-    prefix and hash; the full id is then in the file's ``lead.model`` metadata)."""
-    return unquote(encoded)
-
-
-#: Hex digits of the extraction cache key in a logits file's name.
-KEY_CHARS = 16
-
-
 def logits_path(store: Path, dataset_fingerprint: str, model: str, cache_key: str) -> Path:
     """``<store>/logits/dataset=<fp>/model=<id>/part-<key>.parquet``: one file per dataset x model x
     (weights, preprocessing), so two zoos that give one model name different weights or input sizes
-    keep a file each instead of evicting each other's."""
-    return (
-        Path(store) / "logits" / f"dataset={dataset_fingerprint}" / f"model={encode_model_id(model)}"
-        / f"part-{cache_key[:KEY_CHARS]}.parquet"
-    )
+    keep a file each instead of evicting each other's (:meth:`storage.store.Store.logits_key`)."""
+    return Store.of(store).logits_file(dataset_fingerprint, model, cache_key)
 
 
 def make_schema(d: int, cs: int | None, metadata: dict[str, str], value_type: pa.DataType = pa.float32()) -> pa.Schema:

@@ -27,36 +27,26 @@ import pyarrow.parquet as pq
 
 from lead.errors import InputError
 from lead.trackrecord import Outcome, Reconciled, Recorded, check_outcome, reconcile
-from storage.files import atomic_write
+from storage.tables import table_schema
+from storage.store import OUTCOMES_GLOB, Store
 
-OUTCOMES_SCHEMA = pa.schema(
-    [
-        ("outcome_id", pa.string()),
-        ("recorded_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("dataset_fingerprint", pa.string()),
-        ("model", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("unit", pa.string()),
-        ("accuracy", pa.float64()),
-        ("note", pa.string()),
-        ("source", pa.string()),
-        ("replaced", pa.float64()),
-    ],
-    metadata={"lead.schema_version": "1", "lead.table": "outcomes"},
+OUTCOMES_SCHEMA = table_schema(
+    "outcomes",
+    "outcome_id string, recorded_at timestamp, dataset string, dataset_fingerprint string, "
+    "model string, metric string, value float64, unit string, accuracy float64, note string, "
+    "source string, replaced float64",
 )
 #: Seconds to wait for another process recording outcomes.
 LOCK_TIMEOUT_S = 60
 
 
 def outcomes_dir(store: Path) -> Path:
-    return Path(store) / "outcomes"
+    return Store.of(store).outcomes_dir
 
 
 def outcome_files(store: Path) -> list[Path]:
     """The finished outcome files, oldest first (temporary ``.part-*.tmp`` files are never matched)."""
-    return sorted(outcomes_dir(store).glob("part-*.parquet"))
+    return Store.of(store).files(OUTCOMES_GLOB)
 
 
 def read_log(store: Path) -> list[dict]:
@@ -140,7 +130,7 @@ def record(store: Path, outcomes: list[Outcome], replace: bool = False, where: s
     notes = [f"{o.model} on {o.dataset}: {o.metric} = {o.value:g} percent looks like a fraction; if it is, record it "
              "again with --unit fraction --replace" for o in valid if o.unit == "percent" and 0 < o.value <= 1]
     outcomes_dir(store).mkdir(parents=True, exist_ok=True)
-    with FileLock(str(outcomes_dir(store) / ".lock"), timeout=LOCK_TIMEOUT_S):
+    with FileLock(str(Store.of(store).outcomes_lock), timeout=LOCK_TIMEOUT_S):
         now = current(store)
         rec: Reconciled = reconcile(valid, {k: Recorded(r["accuracy"], f"{r['recorded_at']:%Y-%m-%d %H:%M:%S}", r["source"])
                                             for k, r in now.items()}, replace=replace)
@@ -159,7 +149,7 @@ def record(store: Path, outcomes: list[Outcome], replace: bool = False, where: s
                  "replaced": rec.replaced.get(o.key)} for o in rec.write]
         table = pa.Table.from_pylist(rows, schema=OUTCOMES_SCHEMA)
         path = outcomes_dir(store) / f"part-{at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        Store.of(store).write(path, lambda tmp: pq.write_table(table, tmp))
     return RecordResult(path, rec.write, rec.repeats, rec.replaced, notes)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from lead.data import check_name
 from lead.errors import InputError
 from storage.files import atomic_write
+from storage.store import Store
 
 REGISTRY_VERSION = 1
 #: Seconds to wait for another process's change of the registry before giving up.
@@ -47,7 +48,7 @@ class DatasetEntry:
 
 def registry_path(store: str | Path) -> Path:
     """The registry file of ``store``: ``<store>/registry/datasets.json``."""
-    return Path(store) / "registry" / "datasets.json"
+    return Store.of(store).registry_file
 
 
 def _lock(store: str | Path):

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from lead.selection import Selection
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 #: A tracking server that is down must not hold a ranking for minutes: MLflow's own defaults (7 retries,
 #: backoff factor 2, 120 s timeout) wait about 4 minutes before giving up. Ours give up in seconds;
@@ -289,6 +291,52 @@ class Tracker:
         self._end(parent_id, "FINISHED")
         return child_ids
 
+
+
+def selection_records(sel: Selection, preprocessing: dict[str, dict], params: dict[str, dict],
+                      flow_run_id: str) -> tuple[RunRecord, list[RunRecord]]:
+    """The MLflow records of a selection: the parent run's (tags, the methods and their knobs as params,
+    the best score) and one child run's per model (tags, preprocessing params, a metric per method and
+    ``rank_<method>``). ``preprocessing``: ``{model: its preprocessing}``; ``params``: ``{method: knobs}``."""
+    from lead import __version__
+
+    children = [
+        RunRecord(
+            name=m.model,
+            tags={"model": m.model, "arch": m.arch, "weights": m.weights, "status": m.status,
+                  **({"error": m.error} if m.error else {}),
+                  **({"extraction": m.extraction.status} if m.extraction else {})},
+            params={f"preprocessing.{k}": json.dumps(v) for k, v in preprocessing[m.model].items()},
+            metrics={**m.scores, **{f"rank_{k}": v for k, v in m.ranks.items()},
+                     **{f"{field}_{k}": u[field] for k, u in m.uncertainty.items() for field in ("p_best", "rank_low", "rank_high")},
+                     **({"p_best": m.uncertainty[sel.primary_method]["p_best"]} if sel.primary_method in m.uncertainty else {}),
+                     **{k: v for k, v in m.cost.items() if k != "device" and v is not None}},
+        )
+        for m in sel.models
+    ]
+    primary, ok, auto = sel.primary_method, sel.ok_models, sel.auto
+    skipped = [x["sample_id"] for x in sel.skipped_images]
+    parent = RunRecord(
+        name=sel.dataset,
+        tags={"best_model": sel.best_model, "best_models": ",".join(sel.best_models), "zoo_digest": sel.zoo_digest,
+              "primary_method": primary, "flow_run_id": flow_run_id, "lead_run_id": sel.run_id,
+              "n_models": str(len(sel.models)), "failed_models": ",".join(sel.failed_models), "lead_version": __version__,
+              **({"excluded_models": ",".join(sel.excluded_models)} if sel.excluded_models else {}),
+              "skipped_images": str(len(skipped)),
+              **({"skipped_list": ", ".join(skipped)} if skipped else {}),
+              **({"auto_method": primary, "auto_evidence": json.dumps(auto)} if auto else {})},
+        params={"methods": ",".join(sel.methods), "n_samples": str(sel.n_read), "n_classes": str(sel.n_classes),
+                **({"auto_min_datasets": str(auto["min_datasets"])} if auto else {}),
+                **({"bootstrap": str(sel.bootstrap["resamples"]), "bootstrap_seed": str(sel.bootstrap["seed"]),
+                    "bootstrap_budget_s": str(sel.bootstrap["budget_s"])} if sel.bootstrap else {}),
+                **{k: str(v) for k, v in (sel.limits or {}).items() if v is not None},
+                **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v) for meth, p in params.items() for k, v in p.items()}},
+        # the best model's scores and P(best) under the children's metric names: one set of columns in the UI
+        metrics={f"best_{primary}": ok[0].scores[primary], **ok[0].scores,
+                 **({"p_best": ok[0].uncertainty[primary]["p_best"]} if primary in ok[0].uncertainty else {})}
+        if ok else {},
+    )
+    return parent, children
 
 #: Tags that name what a fine-tuning run trained on: ``lead outcomes import`` matches runs by them.
 DATASET_TAG = "lead.dataset"

@@ -4,6 +4,9 @@ Cached on (dataset fingerprint, model id, weights digest, preprocessing): a seco
 inputs is a Prefect cache hit and does no forward pass. The task is also idempotent on its own: if a
 finished file for the same key is already in the store (say, the Prefect cache was wiped) it returns
 that file without loading the model.
+
+Its arguments are plain and picklable (a :class:`lead.dataref.DatasetRef`, a :class:`lead.zoo.ModelSpec`,
+the store root and the file's key under it, numbers), so it runs in a fresh process from them alone.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.logging import get_run_logger
 
 from lead.data import ImageDataset
+from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ModelLoadError
 from lead.cost import model_cost
 from lead.extract import CANCEL, extract, select_device, throughput
 from lead.zoo import ModelSpec, load_model
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
+from storage.store import Store
+from tasks.logs import run_logger
 
 #: Transient faults are retried (a flaky network filesystem, a CUDA hiccup: :func:`is_transient`); anything
 #: else fails at once, because it would fail the same way each time.
@@ -110,19 +115,21 @@ def _cache_key(context, parameters) -> str:
     persist_result=True,
 )
 def extract_logits(
-    dataset: ImageDataset,
+    dataset: DatasetRef,
     spec: ModelSpec,
     *,
     cache_key: str,
     weights_digest: str,
-    out_path: str,
+    store: str,
+    key: str,
     device: str = "auto",
     batch_size: int = 64,
     num_workers: int = 2,
     max_bad_fraction: float = 0.05,
     progress_position: int | None = None,
 ) -> dict:
-    """Extract features and logits of ``spec`` on ``dataset`` into ``out_path`` (atomically).
+    """Extract features and logits of ``spec`` on ``dataset`` into the file ``key`` of the store ``store``
+    (atomically).
 
     Images that cannot be decoded are skipped and listed; if more than ``max_bad_fraction`` of the
     dataset is unreadable, extraction stops at once and nothing is written.
@@ -134,8 +141,8 @@ def extract_logits(
         ModelLoadError: the model cannot be built or its weights loaded.
         DatasetError: too many unreadable images (the message names the first ones).
     """
-    logger = get_run_logger()
-    path = Path(out_path)
+    logger = run_logger()
+    path = Store.of(store).path(key)
     started = time.perf_counter()
     if is_complete(path, cache_key):
         logger.info("%s: logits already in the store at %s", spec.name, path)
@@ -143,15 +150,17 @@ def extract_logits(
         return {"path": str(path), "cache_key": cache_key, "n": int(meta["lead.n"]), "seconds": 0.0,
                 "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False, **cost_from_metadata(meta)}
 
+    ds = dataset.open()
     with gpu_slot():
-        return _extract(dataset, spec, path, started, cache_key=cache_key, weights_digest=weights_digest, device=device,
+        return _extract(ds, dataset.fingerprint, spec, path, started, cache_key=cache_key, weights_digest=weights_digest, device=device,
                         batch_size=batch_size, num_workers=num_workers, max_bad_fraction=max_bad_fraction,
                         progress_position=progress_position)
 
 
-def _extract(dataset: ImageDataset, spec: ModelSpec, path: Path, started: float, *, cache_key: str, weights_digest: str,
-             device: str, batch_size: int, num_workers: int, max_bad_fraction: float, progress_position: int | None) -> dict:
-    logger = get_run_logger()
+def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Path, started: float, *, cache_key: str,
+             weights_digest: str, device: str, batch_size: int, num_workers: int, max_bad_fraction: float,
+             progress_position: int | None) -> dict:
+    logger = run_logger()
     model = load_model(spec)
     try:
         cost = model_cost(model, spec.input_size)  # shapes only: before the weights move to the device
@@ -164,7 +173,7 @@ def _extract(dataset: ImageDataset, spec: ModelSpec, path: Path, started: float,
         "lead.weights": spec.weights,
         "lead.weights_digest": weights_digest,
         "lead.dataset": dataset.name,
-        "lead.dataset_fingerprint": dataset.fingerprint(),
+        "lead.dataset_fingerprint": fingerprint,
         "lead.preprocessing": json.dumps(spec.preprocessing(), sort_keys=True),
         "lead.classes": json.dumps(dataset.classes),
         "lead.cache_key": cache_key,

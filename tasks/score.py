@@ -1,4 +1,8 @@
-"""The scoring task: every requested transferability score of one model, from its logits file."""
+"""The scoring task: every requested transferability score of one model, from its logits file.
+
+Its arguments are plain (the model's name, a store root and the file's key under it, method ids), so it
+runs in a fresh process from them alone.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.logging import get_run_logger
 
 from lead import __version__
 from lead.errors import error_text
 from lead.scoring import get_method
 from lead.scoring.bootstrap import RECOMPUTE_BUDGET_S, score_and_resample
 from storage.logits import read_logits, read_metadata
+from storage.store import Store
+from tasks.logs import run_logger
 
 
 #: Scores run one at a time per process, each with all of BLAS's threads. Their libraries are not
@@ -26,11 +31,12 @@ from storage.logits import read_logits, read_metadata
 _SCORING_LOCK = threading.Lock()
 
 
-def scoring_key(path: str, methods: list[str], bootstrap: int = 0, seed: int = 0, budget_s: float = RECOMPUTE_BUDGET_S) -> str:
+def scoring_key(path: str | Path, methods: list[str], bootstrap: int = 0, seed: int = 0,
+                budget_s: float = RECOMPUTE_BUDGET_S) -> str:
     """sha256 of what determines the scores: the logits file's extraction key, each method and its
-    knobs, the bootstrap's resamples, seed and budget, and the package version."""
+    knobs, the bootstrap's resamples, seed and budget (when on), and the package version."""
     doc = {
-        "logits": read_metadata(Path(path)).get("lead.cache_key", path),
+        "logits": read_metadata(Path(path)).get("lead.cache_key", str(path)),
         "methods": [[m, get_method(m).params] for m in methods],
         "version": __version__,
         **({"bootstrap": [bootstrap, seed, budget_s]} if bootstrap else {}),
@@ -39,14 +45,17 @@ def scoring_key(path: str, methods: list[str], bootstrap: int = 0, seed: int = 0
 
 
 def _cache_key(context, parameters) -> str:
-    return f"score-{scoring_key(parameters['path'], parameters['methods'], parameters.get('bootstrap', 0), parameters.get('seed', 0), parameters.get('budget_s', RECOMPUTE_BUDGET_S))}"
+    return "score-" + scoring_key(Store.of(parameters["store"]).path(parameters["key"]), parameters["methods"],
+                                  parameters.get("bootstrap", 0), parameters.get("seed", 0),
+                                  parameters.get("budget_s", RECOMPUTE_BUDGET_S))
 
 
 @task(name="score-model", task_run_name="score-{model}", cache_key_fn=_cache_key, persist_result=True)
-def score_model(model: str, path: str, methods: list[str], bootstrap: int = 0, seed: int = 0,
+def score_model(model: str, store: str, key: str, methods: list[str], bootstrap: int = 0, seed: int = 0,
                 budget_s: float = RECOMPUTE_BUDGET_S) -> dict[str, dict]:
-    """Compute each method in ``methods`` on the logits file at ``path``, and its scores on ``bootstrap``
-    paired resamples of the images (:func:`lead.scoring.bootstrap.score_and_resample`; 0: none).
+    """Compute each method in ``methods`` on the logits file ``key`` of the store ``store`` (a file
+    outside a store, such as a suite's stored features: its folder and its name), and its scores on
+    ``bootstrap`` paired resamples of the images (:func:`lead.scoring.bootstrap.score_and_resample`; 0: none).
 
     Cached on (the file's extraction key, the methods and their knobs, the bootstrap's settings, the
     package version): a second ranking of unchanged inputs recomputes no score. A method that fails is
@@ -56,8 +65,8 @@ def score_model(model: str, path: str, methods: list[str], bootstrap: int = 0, s
         {method: {"score": float, "seconds": float, "resampled": ResampledScore.to_dict() (with a bootstrap)}
         or {"error": "<Type>: <message>"}}.
     """
-    logger = get_run_logger()
-    data = read_logits(path)
+    logger = run_logger()
+    data = read_logits(Store.of(store).path(key))
     out: dict[str, dict] = {}
     for name in methods:
         method = get_method(name)

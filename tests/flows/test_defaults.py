@@ -29,7 +29,7 @@ def test_the_default_methods_leave_out_what_a_dataset_under_64_images_cannot_sco
     from tests.conftest import lite_entry, write_zoo
 
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
-    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s"))
+    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s")).to_dict()
     plan = plan_methods(None, 24)
     assert sel["primary_method"] == plan.primary and sel["methods"][0] == plan.primary
     assert set(sel["dropped_methods"]) == {m for m in DEFAULT_METHODS if get_method(m).min_samples > 24}

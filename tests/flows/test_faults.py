@@ -54,7 +54,7 @@ def faulty_zoo(tmp_path_factory):
 def test_each_failing_model_has_its_reason_and_the_others_are_ranked(tmp_path, tiny_dataset, faulty_zoo):
     from flows.rank_zoo import rank_zoo
 
-    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(faulty_zoo), store=str(tmp_path / "s"), methods=["lead", "logme"])
+    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(faulty_zoo), store=str(tmp_path / "s"), methods=["lead", "logme"]).to_dict()
     models = {m["model"]: m for m in sel["models"]}
     assert sel["best_model"] == "efficientnet_lite0.in1k" and models["efficientnet_lite0.in1k"]["status"] == "ok"
     expected = {
@@ -93,7 +93,7 @@ def test_timm_weights_offline_fail_fast_with_the_reason(tmp_path, tiny_dataset, 
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), {**lite_entry(1), "name": "hub", "arch": "resnet18",
                                                             "weights": "timm:a1_in1k"}])
     started = time.perf_counter()
-    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s"))
+    sel = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(tmp_path / "s")).to_dict()
     hub = next(m for m in sel["models"] if m["model"] == "hub")
     assert "timm weights resnet18.a1_in1k must be downloadable" in hub["error"]
     assert time.perf_counter() - started < 30
@@ -122,11 +122,11 @@ def test_changed_files_are_re_extracted_and_unchanged_never(tmp_path, tiny_datas
     data = shutil.copytree(tiny_dataset, tmp_path / "data")
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
     store = tmp_path / "s"
-    first = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store))
-    same = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store))
+    first = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store)).to_dict()
+    same = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store)).to_dict()
     image = next((data / "cat").iterdir())
     image.write_bytes(image.read_bytes() + b"\0")  # same pixels, different bytes: a different file
-    changed = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store))
+    changed = rank_zoo(dataset=str(data), zoo=str(zoo), store=str(store)).to_dict()
     assert [m["extraction"]["status"] for m in (first["models"][0], same["models"][0], changed["models"][0])] == [
         "extracted", "cached", "extracted"]
     assert first["dataset_fingerprint"] == same["dataset_fingerprint"] != changed["dataset_fingerprint"]
@@ -258,7 +258,7 @@ def test_a_killed_run_leaves_no_partial_file_and_the_rerun_reuses_what_finished(
     assert query(store, "SELECT count(*) AS n FROM rankings").to_pylist() == [{"n": 0}]
     [killed] = mlflow_runs(store)
     assert killed.info.status == "RUNNING"  # nothing could end it; the next ranking on the store does
-    rerun = rank_zoo(dataset="animal-mnist-fewshot", zoo=str(zoo), store=str(store))
+    rerun = rank_zoo(dataset="animal-mnist-fewshot", zoo=str(zoo), store=str(store)).to_dict()
     status = {m["model"]: m["extraction"]["status"] for m in rerun["models"]}
     assert status == {"efficientnet_lite0.in1k": "cached", "efficientnet_lite2.in1k": "extracted"}
     runs = mlflow_runs(store)
@@ -297,15 +297,16 @@ def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path,
     """64 bytes overwritten inside a column chunk of a cached file (footer intact): the rerun detects it by
     the page checksums, names the file, sets it aside and extracts again; the scores are the intact ones."""
     from flows.cli import _print_selection
+    from lead.selection import Selection
     from flows.rank_zoo import rank_zoo
     from tests.storage.test_storage import damage
 
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
     store = tmp_path / "s"
-    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"])
+    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"]).to_dict()
     path = Path(first["models"][0]["extraction"]["path"])
     damage(path, 3, "middle")  # the logits column: LEEP would change silently without the checksums
-    again = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"])
+    again = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo), store=str(store), methods=["lead", "leep"]).to_dict()
     assert again["models"][0]["extraction"]["status"] == "extracted"
     assert again["models"][0]["scores"] == first["models"][0]["scores"]
     assert path.exists() and path.with_name(path.name + ".corrupt").exists()
@@ -313,7 +314,7 @@ def test_a_damaged_cached_logits_file_is_set_aside_and_extracted_again(tmp_path,
     assert warning.startswith(f"efficientnet_lite0.in1k: logits file {path} must read back as written; got OSError: ")
     assert warning.endswith(f"Set aside as {path.name}.corrupt; extracting again.")
     capsys.readouterr()
-    _print_selection(again)
+    _print_selection(Selection.from_dict(again))
     assert f"warning: {warning}" in capsys.readouterr().out.replace("\n", "")
 
 

@@ -47,10 +47,10 @@ def runs(tmp_path_factory, tiny_dataset, zoo_file):
     from flows.rank_zoo import rank_zoo
 
     store = tmp_path_factory.mktemp("store")
-    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store), methods="all")
+    first = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store), methods="all").to_dict()
     files = sorted((store / "logits").rglob("*.parquet"))
     mtimes = {f: f.stat().st_mtime_ns for f in files}
-    second = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store), methods="all")
+    second = rank_zoo(dataset=str(tiny_dataset), zoo=str(zoo_file), store=str(store), methods="all").to_dict()
     return store, first, second, mtimes
 
 

@@ -35,14 +35,13 @@ def twins(tmp_path_factory, tiny_dataset):
 
 def test_identical_models_share_p_best_and_the_excluded_one_says_why(twins):
     store, _, sel = twins
-    models = {m["model"]: m for m in sel["models"]}
+    a, b, lite2 = sel.model("twin-a"), sel.model("twin-b"), sel.model("efficientnet_lite2.in1k")
     for method in ("lead", "logme"):
-        assert models["twin-a"]["uncertainty"][method]["p_best"] == models["twin-b"]["uncertainty"][method]["p_best"] == 0.5
-        assert models["twin-a"]["uncertainty"][method]["tied_with_best"]
-    lite2 = models["efficientnet_lite2.in1k"]
-    assert lite2["status"] == "excluded" and lite2["extraction"] is None
-    assert lite2["error"] == "excluded: 6,092,072 parameters, over --max-params 6,000,000"
-    rows = pq.read_table(sel["rankings_path"]).to_pylist()
+        assert a.uncertainty[method]["p_best"] == b.uncertainty[method]["p_best"] == 0.5
+        assert a.uncertainty[method]["tied_with_best"] and a.uncertainty[method]["n_resamples"] == 60
+    assert lite2.status == "excluded" and lite2.extraction is None and sel.excluded_models == [lite2.model]
+    assert lite2.error == "excluded: 6,092,072 parameters, over --max-params 6,000,000"
+    rows = pq.read_table(sel.rankings_path).to_pylist()
     assert {(r["model"], r["status"]) for r in rows} == {("twin-a", "ok"), ("twin-b", "ok"),
                                                         ("efficientnet_lite2.in1k", "excluded")}
     assert not list((store / "logits").glob("*/model=efficientnet_lite2*"))  # never extracted
@@ -68,15 +67,18 @@ def test_figure_is_the_first_artifact_of_the_parent_run_and_linked_from_prefect(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     store, _, sel = twins
-    client = MlflowClient(sel["mlflow"]["tracking_uri"])
-    experiment = client.get_experiment(sel["mlflow"]["experiment_id"])
+    client = MlflowClient(sel.mlflow.tracking_uri)
+    experiment = client.get_experiment(sel.mlflow.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    parent = sel["mlflow"]["run_id"]
+    view = json.loads(experiment.tags["mlflow.sharedViewState.lead"])
+    assert {"metrics.`lead`", "metrics.`logme`", "metrics.`p_best`"} <= set(view["selectedColumns"])
+    assert "viewStateShareKey=lead" in sel.mlflow.runs_url and "workflowType=machine_learning" in sel.mlflow.url
+    parent = sel.mlflow.run_id
     artifacts = [a.path for a in client.list_artifacts(parent)]
     assert artifacts[0] == "figure.png" and "ranking.json" in artifacts
     png = client.download_artifacts(parent, "figure.png", str(store / "dl"))
     assert open(png, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert open(png, "rb").read() == open(sel["figure_path"], "rb").read()
+    assert open(png, "rb").read() == open(sel.figure_path, "rb").read()
     run = client.get_run(parent)
     assert run.data.params["bootstrap"] == "60" and run.data.params["max_params"] == "6000000.0"
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
@@ -85,7 +87,7 @@ def test_figure_is_the_first_artifact_of_the_parent_run_and_linked_from_prefect(
     assert twin.data.metrics["params"] == 4_652_008
     with get_client(sync_client=True) as prefect:
         arts = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["selection-animals"])))
-    mine = [a for a in arts if sel["mlflow"]["url"] in str(a.data)]
+    mine = [a for a in arts if sel.mlflow.url in str(a.data)]
     assert mine and mine[0].type == "markdown" and "figure.png" in mine[0].data and "| twin-a |" in mine[0].data
 
 
@@ -104,7 +106,7 @@ def test_history_plot_and_the_cli_table(twins, tmp_path):
     import contextlib
     import io
 
-    from flows.cli import _print_selection
+    from flows.cli.rank import _print_selection
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -112,4 +114,4 @@ def test_history_plot_and_the_cli_table(twins, tmp_path):
     text = buf.getvalue()
     assert "P(best)" in text and "GFLOPs" in text and "4.7 M" in text and "0.50" in text
     assert "excluded: 6,092,072 parameters, over --max-params 6,000,000" in text
-    assert json.loads(json.dumps(sel, default=str))["bootstrap"]["resamples"] == 60
+    assert json.loads(sel.to_json())["bootstrap"]["resamples"] == 60

@@ -12,7 +12,7 @@ from lead.benchbuild import (
     fashion_mnist,
     ground_truth,
     make_target,
-    to_input,
+    preprocessing,
 )
 from lead.errors import InputError
 
@@ -40,10 +40,10 @@ def test_target_split_is_deterministic_disjoint_and_balanced():
         make_target(Target("digits", "uci-digits", shots=500, test_per_class=500))
 
 
-def test_to_input_resizes_and_normalises():
+def test_build_preprocessing_resizes_and_normalises():
     img = np.zeros((2, 8, 8), np.uint8)
     img[0] = 255
-    x = to_input(img, (16, 16), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    x = preprocessing(16).arrays(img)
     assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32
     assert torch.allclose(x[0], torch.ones_like(x[0])) and torch.allclose(x[1], -torch.ones_like(x[1]))
 
