@@ -66,15 +66,16 @@ class ModelResult:
         self.status, self.error = "excluded", f"excluded: {reason}"
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scoring", "method_errors")}
+        later = ("scoring", "method_errors", "uncertainty", "cost", "pareto")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in later}
         d["extraction"] = asdict(self.extraction) if self.extraction else None
         d["scores"], d["ranks"] = dict(self.scores), dict(self.ranks)
-        d["uncertainty"] = {k: dict(v) for k, v in self.uncertainty.items()}
-        d["cost"], d["pareto"] = dict(self.cost), dict(self.pareto)
         if self.scoring is not None:
             d["scoring"] = self.scoring
         if self.method_errors:
             d["method_errors"] = dict(self.method_errors)
+        d["uncertainty"] = {k: dict(v) for k, v in self.uncertainty.items()}
+        d["cost"], d["pareto"] = dict(self.cost), dict(self.pareto)
         return d
 
     @classmethod
