@@ -2,12 +2,16 @@
 
 Runs the README's operations path in a temporary folder: the Prefect server and the MLflow UI on free
 loopback ports, `lead setup`, `lead serve`, `lead datasets add animals animal-mnist-fewshot`; waits for the
-triggered ranking (3 EfficientNet-Lite models, 300 images, about 35 s on 2 cores), then photographs the
-flow run in the Prefect UI and the selection's parent run in the MLflow UI with headless Chromium.
+triggered ranking (3 EfficientNet-Lite models, 300 images, about 45 s on 2 cores), then photographs the
+flow run in the Prefect UI, the experiment's runs table (model-training view, the children expanded, the
+score and P(best) columns) and the selection's figure among the parent run's artifacts in the MLflow UI,
+with headless Chromium.
 
-    .venv/bin/python docs/screenshots.py          # needs chromium (Debian: apt-get install chromium)
+    .venv/bin/python docs/screenshots.py          # needs chromium (Debian: apt-get install chromium); with
+                                                  # `pip install playwright` it drives that chromium (no download)
 
-Writes docs/img/prefect-flow-run.png and docs/img/mlflow-selection.png. Not part of the test suite.
+Writes docs/img/prefect-flow-run.png, docs/img/mlflow-runs.png and docs/img/mlflow-selection.png. Not part of
+the test suite.
 """
 
 from __future__ import annotations
@@ -37,12 +41,44 @@ OUT = Path(__file__).resolve().parent / "img"
 LEAD = str(Path(sys.executable).parent / "lead")
 
 
-def shoot(url: str, out: Path, size: str) -> None:
+def browser_path() -> str:
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         sys.exit("screenshots: chromium must be installed; got none on PATH. Debian: apt-get install chromium")
-    subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size}",
-                    "--virtual-time-budget=20000", f"--screenshot={out}", url], check=True, capture_output=True, timeout=120)
+    return browser
+
+
+#: Browser storage set before an MLflow page loads: the assistant panel closed (it opens itself on a first
+#: visit and would cover half the page).
+MLFLOW_INIT = ("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+               "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
+
+
+def shoot(url: str, out: Path, size: str, init_script: str = "") -> None:
+    """Photograph ``url`` with headless Chromium: through Playwright (driving the system's chromium, so
+    nothing is downloaded) when it is installed, which lets ``init_script`` run first; else Chromium's
+    own ``--screenshot``."""
+    width, height = (int(v) for v in size.split(","))
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        subprocess.run([browser_path(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--window-size={size}", "--virtual-time-budget=20000", f"--screenshot={out}", url],
+                       check=True, capture_output=True, timeout=120)
+    else:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path(), args=["--no-sandbox", "--disable-gpu"])
+            try:
+                context = browser.new_context(viewport={"width": width, "height": height})
+                if init_script:
+                    context.add_init_script(init_script)
+                page = context.new_page()
+                page.goto(url)
+                page.wait_for_load_state("load")
+                page.wait_for_timeout(8000)  # the UIs poll their APIs: never "network idle"
+                page.screenshot(path=str(out))
+            finally:
+                browser.close()
     print(f"{out} ({out.stat().st_size // 1024} KB)")
 
 
@@ -74,7 +110,12 @@ def main() -> None:
         row = pq.read_table(glob.glob(f"{store}/rankings/*/*.parquet")[0]).to_pylist()[0]
         OUT.mkdir(exist_ok=True)
         shoot(f"http://127.0.0.1:{pport}/runs/flow-run/{row['flow_run_id']}", OUT / "prefect-flow-run.png", "1400,860")
-        shoot(f"http://127.0.0.1:{mport}/#/experiments/1/runs/{row['mlflow_run_id']}", OUT / "mlflow-selection.png", "1600,1000")
+        from storage.tracking import run_url, runs_url
+
+        base = f"http://127.0.0.1:{mport}"
+        shoot(runs_url(base, "1"), OUT / "mlflow-runs.png", "1600,560", MLFLOW_INIT)
+        shoot(run_url(base, "1", row["mlflow_run_id"], "artifacts/figure.png"), OUT / "mlflow-selection.png", "1600,900",
+              MLFLOW_INIT)
     finally:
         for p in reversed(procs):
             stop(p)

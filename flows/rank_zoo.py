@@ -16,35 +16,40 @@ error; the others are still ranked. The flow fails only when no model could be s
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runners import check_cluster, gpu, settle, task_runner
 from lead.config import Settings
+from lead.cost import ModelCost, check_limits, pareto_front, spec_cost
 from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
 from lead.extract import CANCEL
 from lead.plan import RankingPlan, plan_ranking
 from lead.scoring import get_method
 from lead.scoring.ranking import MethodPlan, parse_methods as parse_method_list
+from lead.scoring.bootstrap import ResampledScore, summarize_ranking
 from lead.scoring.ranking import rank_scores
 from lead.selection import Extraction, MlflowInfo, ModelResult, Selection
 from lead.zoo import weights_digest
 from storage.logits import check_cached
+from storage.figures import selection_markdown, write_selection_figure
 from storage.rankings import selection_rows, write_rankings
 from storage.store import Store
-from storage.tracking import Tracker, run_url, selection_records, ui_command
+from storage.tracking import Tracker, run_url, runs_url, selection_records, ui_command
 from tasks.extract import extract_logits, extraction_key
 from tasks.score import score_model
 
@@ -139,9 +144,11 @@ class _Tracking:
             parent, children = selection_records(sel, {s.name: s.preprocessing() for s in plan.specs}, params,
                                                  flow_run_id=str(flow_run.id or ""))
             artifact = {k: v for k, v in sel.to_dict().items() if k != "mlflow"}
-            self.tracker.log_selection(self.experiment_id, self.parent_id, parent, children, artifact=artifact)
+            self.tracker.log_selection(self.experiment_id, self.parent_id, parent, children, artifact=artifact,
+                                       figure=Path(sel.figure_path) if sel.figure_path else None)
             self.info.experiment_id, self.info.run_id = self.experiment_id, self.parent_id
             self.info.url = run_url(self.info.tracking_uri, self.experiment_id, self.parent_id)
+            self.info.runs_url = runs_url(self.info.tracking_uri, self.experiment_id)
         except Exception as err:
             logger.error("MLflow logging failed: %s", err)
             self.info.error = error_text(err)
@@ -168,12 +175,14 @@ def _split_threads(settings: Settings, n_models: int) -> None:
 
 
 def _extract_all(plan: RankingPlan, st: Store, models: dict[str, ModelResult], warnings: list[str],
-                 show_progress: bool, logger) -> _Extracted:
+                 show_progress: bool, logger, costs: dict[str, ModelCost] | None = None) -> _Extracted:
     """Fan out one ``extract-logits`` task per model (a cached one refreshed when its file is gone) and
     wait for them; a model that fails is recorded in ``models``."""
     settings, ref = plan.settings, plan.dataset
     futures, keys, todo = {}, {}, []
     for position, spec in enumerate(plan.specs):
+        if models[spec.name].status == "excluded":
+            continue
         try:
             digest = weights_digest(spec)
         except Exception as err:
@@ -214,14 +223,40 @@ def _extract_all(plan: RankingPlan, st: Store, models: dict[str, ModelResult], w
                                              0.0 if cached else result["seconds"], worker=result.get("worker", ""),
                                              device=result.get("device", ""), start=result.get("extract_start", ""),
                                              end=result.get("extract_end", ""))
+        counted = (costs or {}).get(name)  # the architecture's counts stand in for a file that predates them
+        flops = result.get("flops") or (counted.flops if counted else None)
+        models[name].cost = {"params": result.get("params") or (counted.params if counted else None),
+                             "gflops": flops / 1e9 if flops else None,
+                             "images_per_s": result.get("images_per_s"), "device": result.get("device")}
     return done
 
 
-def _score_and_rank(mplan: MethodPlan, st: Store, keys: dict[str, str], models: dict[str, ModelResult]) -> list[str]:
-    """One ``score-model`` task per extracted model, then the one ranking path (:func:`rank_scores`:
-    ensembles, then ranks per method; 1 = best, ties share a rank) into ``models``. Returns the methods
-    reported."""
-    futures = {name: score_model.submit(name, str(st.root), key, list(mplan.computed)) for name, key in keys.items()}
+def _costs_and_limits(plan: RankingPlan, models: dict[str, ModelResult], limits: dict, logger) -> dict[str, ModelCost]:
+    """Each model's parameters and FLOPs counted on its architecture (the meta device: no weights, no
+    compute; :func:`lead.cost.spec_cost`); the models over ``--max-params``/``--max-gflops`` are excluded."""
+    costs: dict[str, ModelCost] = {}
+    for spec in plan.specs:
+        try:
+            costs[spec.name] = spec_cost(spec)
+        except Exception as err:  # an unknown architecture fails at loading, with its own message
+            logger.info("%s: cost not counted from the architecture: %s", spec.name, err)
+        why = check_limits(costs.get(spec.name), **limits)
+        if why:
+            models[spec.name].exclude(why)
+            logger.warning("%s excluded: %s", spec.name, why)
+    return costs
+
+
+def _score_and_rank(mplan: MethodPlan, st: Store, keys: dict[str, str], models: dict[str, ModelResult],
+                    settings: Settings, logger=None) -> tuple[list[str], dict[str, str]]:
+    """One ``score-model`` task per extracted model (with its paired bootstrap), then the one ranking path
+    (:func:`rank_scores`: ensembles, then ranks per method; 1 = best, ties share a rank), the bootstrap's
+    P(best) and rank intervals (:func:`lead.scoring.bootstrap.summarize_ranking`) and each method's Pareto
+    front against GFLOPs, into ``models``. Returns the methods reported and the bootstrap's notes."""
+    futures = {name: score_model.submit(name, str(st.root), key, list(mplan.computed), bootstrap=settings.bootstrap,
+                                        seed=settings.bootstrap_seed, budget_s=settings.bootstrap_budget)
+               for name, key in keys.items()}
+    resampled: dict[str, dict[str, ResampledScore]] = {m: {} for m in mplan.computed}
     scores: dict[str, dict[str, float]] = {m: {} for m in mplan.computed}
     errors: dict[str, dict[str, str]] = {}
     for name, fut in futures.items():
@@ -231,6 +266,8 @@ def _score_and_rank(mplan: MethodPlan, st: Store, keys: dict[str, str], models: 
             continue
         models[name].scoring = "cached" if state.name == "Cached" else "computed"
         for method, res in state.result().items():
+            if "resampled" in res:
+                resampled[method][name] = ResampledScore.from_dict(res["resampled"])
             if "score" in res:
                 scores[method][name] = res["score"]
             else:
@@ -249,7 +286,20 @@ def _score_and_rank(mplan: MethodPlan, st: Store, keys: dict[str, str], models: 
                 m.ranks[method] = ranking.ranks_by[method][name]
         if mplan.primary not in m.scores:
             m.fail(m.method_errors.get(mplan.primary, "not scored"))
-    return list(ranking.methods)
+    uncertainty, notes = (summarize_ranking(ranking.methods, resampled, scores=ranking.scores)
+                          if settings.bootstrap else ({}, {}))
+    for method in ranking.methods:
+        for name, u in uncertainty.get(method, {}).items():
+            models[name].uncertainty[method] = asdict(u)
+        ranked = [n for n in scored if models[n].ok]
+        front = pareto_front({n: (models[n].scores.get(method, math.nan), models[n].cost.get("gflops") or math.nan)
+                              for n in ranked})
+        for name, on in front.items():
+            models[name].pareto[method] = on
+    for note in notes.values():
+        if logger is not None:
+            logger.warning("bootstrap: %s", note)
+    return list(ranking.methods), notes
 
 
 def _record(sel: Selection, plan: RankingPlan, st: Store, tracking: _Tracking, logger) -> None:
@@ -260,10 +310,20 @@ def _record(sel: Selection, plan: RankingPlan, st: Store, tracking: _Tracking, l
     rows = selection_rows(sel, created_at=datetime.now(UTC), params_json=params_json,
                           mlflow_run_id=tracking.parent_id or "", flow_run_id=str(flow_run.id or ""))
     sel.rankings_path = str(write_rankings(st.root, sel.dataset_fingerprint, sel.run_id, rows))
+    try:
+        sel.figure_path = str(write_selection_figure(st, sel))
+    except Exception as err:  # the picture is a convenience; the ranking is already stored
+        logger.warning("could not draw the selection's figure: %s", err)
     tracking.log(sel, plan, params, logger)
     primary = sel.primary_method
     table = [{"rank": m.ranks.get(primary, ""), "model": m.model, **{k: m.scores.get(k, "") for k in sel.methods},
-              "status": m.status, "error": m.error[:200]} for m in sel.models]
+              "p_best": m.uncertainty.get(primary, {}).get("p_best", ""), "params": m.cost.get("params") or "",
+              "gflops": m.cost.get("gflops") or "", "status": m.status, "error": m.error[:200]} for m in sel.models]
+    try:
+        create_markdown_artifact(markdown=selection_markdown(sel), key=artifact_key("selection", sel.dataset),
+                                 description=f"The selection on {sel.dataset}: its figure, P(best) and cost.")
+    except Exception as err:  # a convenience, as the table
+        logger.warning("could not publish the markdown artifact: %s", err)
     try:
         create_table_artifact(
             table=table, key=artifact_key("ranking", sel.dataset),
@@ -287,6 +347,11 @@ def rank_zoo(
     num_workers: int | None = None,
     show_progress: bool = False,
     auto_min_datasets: int | None = None,
+    bootstrap: int | None = None,
+    bootstrap_seed: int | None = None,
+    bootstrap_budget: float | None = None,
+    max_params: float | None = None,
+    max_gflops: float | None = None,
 ) -> Selection:
     """Rank the models of ``zoo`` on ``dataset`` by each method in ``methods`` (the first is primary).
 
@@ -303,6 +368,11 @@ def rank_zoo(
         show_progress: draw a progress bar per model on stderr.
         auto_min_datasets: for ``methods="auto"``: datasets of track record a method needs before it is
             chosen (default ``$LEAD_AUTO_MIN_DATASETS`` or 3; see :mod:`lead.trackrecord`).
+        bootstrap: paired bootstrap resamples of the images (default ``$LEAD_BOOTSTRAP`` or 200; 0: off);
+            bootstrap_seed: their seed (default ``$LEAD_BOOTSTRAP_SEED`` or 0); bootstrap_budget: seconds a
+            recomputed score may spend per model (default ``$LEAD_BOOTSTRAP_BUDGET`` or 5). docs/uncertainty.md.
+        max_params, max_gflops: leave out (status ``excluded``, with the reason, not extracted) the models over
+            these limits, counted on their architecture (:mod:`lead.cost`).
     Returns:
         The :class:`lead.selection.Selection` (``to_dict()`` is its JSON document): the dataset, the methods,
         one :class:`lead.selection.ModelResult` per model best first, the best model (``tie: a, b`` when
@@ -314,17 +384,22 @@ def rank_zoo(
     logger = get_run_logger()
     started = time.perf_counter()
     settings = Settings.from_env(store=store, tracking_uri=tracking_uri, batch_size=batch_size, num_workers=num_workers,
-                                 auto_min_datasets=auto_min_datasets, **({"device": device} if device else {}))
+                                 auto_min_datasets=auto_min_datasets, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed,
+                                 bootstrap_budget=bootstrap_budget, **({"device": device} if device else {}))
+    limits = {"max_params": max_params, "max_gflops": max_gflops}
+    check_limits(ModelCost(0, 0, (1, 1)), **limits)  # a bad limit fails before any work
     plan = plan_for_store(dataset, zoo, methods, settings, dataset_name)
     if plan.auto is not None:
         logger.info("--method auto: %s", plan.auto.reason)
-    sel = rank_planned(plan, show_progress=show_progress, logger=logger)
+    sel = rank_planned(plan, show_progress=show_progress, logger=logger, limits=limits)
     sel.seconds = time.perf_counter() - started
     return sel
 
 
-def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None) -> Selection:
-    """Rank by ``plan`` (inside a flow run): extract, score, rank, record. See :func:`rank_zoo`."""
+def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None, limits: dict | None = None) -> Selection:
+    """Rank by ``plan`` (inside a flow run): count the costs and apply ``limits`` (``max_params``,
+    ``max_gflops``), extract, score with the bootstrap, rank, record. See :func:`rank_zoo`."""
+    limits = {"max_params": None, "max_gflops": None, **(limits or {})}
     logger = logger or get_run_logger()
     st, ref = Store.of(plan.settings.store), plan.dataset
     for note in plan.notes:
@@ -338,8 +413,9 @@ def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None) ->
         show_progress = False  # bars drawn by several worker processes would garble the terminal
     tracking = _Tracking.start(plan.settings, st, ref, run_id, logger)
     models = {s.name: ModelResult(s.name, s.arch, s.weights) for s in plan.specs}
+    costs = _costs_and_limits(plan, models, limits, logger)
     warnings: list[str] = []  # printed under the ranking and kept in the selection
-    done = _extract_all(plan, st, models, warnings, show_progress, logger)
+    done = _extract_all(plan, st, models, warnings, show_progress, logger, costs)
     # The methods are decided on the images actually read (unreadable ones were skipped).
     n_read = min(done.rows.values()) if done.rows else ref.n_samples - len(done.skipped)
     mplan = plan.request.on(n_read)
@@ -347,8 +423,8 @@ def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None) ->
         logger.warning("%s left out of the default methods: it %s", method, why)
     if mplan.fallback:
         logger.warning("%s", mplan.fallback)
-    method_ids, primary = _score_and_rank(mplan, st, done.keys, models), mplan.primary
-    ordered = sorted(models.values(), key=lambda m: (m.ranks.get(primary, 10**9), m.model))
+    (method_ids, notes), primary = _score_and_rank(mplan, st, done.keys, models, plan.settings, logger), mplan.primary
+    ordered = sorted(models.values(), key=lambda m: (m.status == "excluded", m.ranks.get(primary, 10**9), m.model))
     best_models = [m.model for m in ordered if m.ok and m.ranks.get(primary) == 1]
     if CANCEL.is_set():  # stopped (Ctrl-C, SIGTERM): what finished is cached; no half-made selection is recorded
         raise InterruptedError(f"rank_zoo: the ranking of {ref.name!r} was interrupted; nothing is recorded.")
@@ -360,6 +436,9 @@ def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None) ->
         zoo_digest=plan.zoo_digest, skipped_images=[{"sample_id": k, "error": v} for k, v in sorted(done.skipped.items())],
         dataset_notes=list(plan.notes), warnings=warnings, mlflow=tracking.info,
         auto={**plan.auto.evidence(), "primary": primary} if plan.auto is not None else None,
+        bootstrap={"resamples": plan.settings.bootstrap, "seed": plan.settings.bootstrap_seed,
+                   "budget_s": plan.settings.bootstrap_budget, "notes": notes},
+        limits=limits,
     )
     _record(sel, plan, st, tracking, logger)
     return _finish(sel, done, logger)

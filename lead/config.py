@@ -10,6 +10,9 @@
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
 | ``LEAD_EXECUTOR`` | ``threads`` | where tasks run: ``threads`` (a thread pool in the flow's process) or ``dask`` (a local Dask cluster of worker processes, or the one at ``DASK_SCHEDULER_ADDRESS``; see ``flows.runners``) |
 | ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
+| ``LEAD_BOOTSTRAP`` | ``200`` | paired bootstrap resamples per ranking (``--bootstrap``; 0 turns it off) |
+| ``LEAD_BOOTSTRAP_SEED`` | ``0`` | seed of the resamples (``--bootstrap-seed``) |
+| ``LEAD_BOOTSTRAP_BUDGET`` | ``5`` | seconds a recomputed score may spend on one model's resamples (``--bootstrap-budget``) |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<store>/mlflow.db`` | where selections are recorded |
 """
 
@@ -62,6 +65,8 @@ def _executor_env(default: str = "threads") -> str:
     if raw not in EXECUTORS:
         raise InputError(f"settings: LEAD_EXECUTOR must be one of {', '.join(EXECUTORS)}; got {raw!r}.")
     return raw
+def _positive_env(name: str, default: float) -> float:
+    return _env(name, default, float, lambda v: v > 0, "a number > 0")
 
 
 def _default_max_workers() -> int:
@@ -91,10 +96,14 @@ class Settings:
     max_bad_fraction: float = 0.05
     auto_min_datasets: int = 3  # lead.trackrecord.AUTO_MIN_DATASETS
     executor: str = "threads"  # EXECUTORS
+    bootstrap: int = 200  # lead.scoring.bootstrap.DEFAULT_RESAMPLES
+    bootstrap_budget: float = 5.0  # lead.scoring.bootstrap.RECOMPUTE_BUDGET_S
+    bootstrap_seed: int = 0
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
         """Read the environment, then apply the non-None ``overrides`` (CLI flags)."""
+        from lead.scoring.bootstrap import DEFAULT_RESAMPLES, RECOMPUTE_BUDGET_S
         from lead.trackrecord import AUTO_MIN_DATASETS
 
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -110,6 +119,9 @@ class Settings:
             max_bad_fraction=_fraction_env("LEAD_MAX_BAD_FRACTION", 0.05),
             auto_min_datasets=_int_env("LEAD_AUTO_MIN_DATASETS", AUTO_MIN_DATASETS),
             executor=_executor_env(),
+            bootstrap=_int_env("LEAD_BOOTSTRAP", DEFAULT_RESAMPLES),
+            bootstrap_budget=_positive_env("LEAD_BOOTSTRAP_BUDGET", RECOMPUTE_BUDGET_S),
+            bootstrap_seed=_int_env("LEAD_BOOTSTRAP_SEED", 0),
         )
         executor = overrides.get("executor")
         if executor is not None and executor not in EXECUTORS:

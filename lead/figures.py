@@ -180,6 +180,10 @@ def history_figure(points: Sequence[HistoryPoint], *, dataset: str):
 
 def png_bytes(fig, *, dpi: int = 110) -> bytes:
     """The figure rendered as PNG bytes."""
+    import warnings
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    with warnings.catch_warnings():  # a model name in a script the font lacks is drawn as boxes, not an error
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()

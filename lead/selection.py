@@ -35,11 +35,17 @@ class ModelResult:
 
     Attributes:
         model, arch, weights: as in the zoo.
-        status: ``ok`` or ``failed``; error: why it failed (``"<Type>: <message>"``), else "".
+        status: ``ok``, ``failed`` or ``excluded`` (over ``--max-params``/``--max-gflops``: not extracted);
+            error: why it failed or was excluded (``"<Type>: <message>"``, ``"excluded: <reason>"``), else "".
         extraction: how its logits were obtained (None when it failed before).
         scores: ``{method: score}`` of the methods that scored it; ranks: ``{method: rank}`` (1 = best).
         scoring: ``computed`` or ``cached`` once its scores were computed, else None.
         method_errors: ``{method: error}`` of the methods that could not score it.
+        uncertainty: ``{method: {p_best, rank_low, rank_high, tied_with_best, n_resamples, score_low,
+            score_high}}`` from the paired bootstrap (:class:`lead.scoring.bootstrap.Uncertainty` as a dict;
+            absent for a method without resamples).
+        cost: ``{params, gflops, images_per_s, device}`` (:mod:`lead.cost`; None where unknown).
+        pareto: ``{method: on the score-versus-GFLOPs front}`` among the models ranked.
     """
 
     model: str
@@ -52,6 +58,9 @@ class ModelResult:
     ranks: dict[str, int] = field(default_factory=dict)
     scoring: str | None = None
     method_errors: dict[str, str] = field(default_factory=dict)
+    uncertainty: dict[str, dict] = field(default_factory=dict)
+    cost: dict = field(default_factory=lambda: {"params": None, "gflops": None, "images_per_s": None, "device": None})
+    pareto: dict[str, bool] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -60,14 +69,20 @@ class ModelResult:
     def fail(self, error: str) -> None:
         self.status, self.error = "failed", error
 
+    def exclude(self, reason: str) -> None:
+        self.status, self.error = "excluded", f"excluded: {reason}"
+
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scoring", "method_errors")}
+        later = ("scoring", "method_errors", "uncertainty", "cost", "pareto")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in later}
         d["extraction"] = asdict(self.extraction) if self.extraction else None
         d["scores"], d["ranks"] = dict(self.scores), dict(self.ranks)
         if self.scoring is not None:
             d["scoring"] = self.scoring
         if self.method_errors:
             d["method_errors"] = dict(self.method_errors)
+        d["uncertainty"] = {k: dict(v) for k, v in self.uncertainty.items()}
+        d["cost"], d["pareto"] = dict(self.cost), dict(self.pareto)
         return d
 
     @classmethod
@@ -87,6 +102,7 @@ class MlflowInfo:
     experiment_id: str | None = None
     run_id: str | None = None
     url: str | None = None
+    runs_url: str | None = None
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -112,6 +128,9 @@ class Selection:
             what was ignored while reading the dataset; warnings: damaged cache files set aside.
         seconds: the ranking's wall time; mlflow: where it was recorded; auto: for ``--method auto``, the
             choice and its evidence, else None.
+        bootstrap: ``{resamples, seed, budget_s, notes}``: the paired bootstrap's settings and, per method, why
+            it has fewer resamples or none (docs/uncertainty.md); limits: ``{max_params, max_gflops}``;
+            figure_path: the selection's figure (``<store>/figures/...png``), None when none was drawn.
     """
 
     run_id: str
@@ -137,6 +156,9 @@ class Selection:
     seconds: float | None = None
     mlflow: MlflowInfo | None = None
     auto: dict | None = None
+    bootstrap: dict | None = None
+    limits: dict | None = None
+    figure_path: str | None = None
 
     @property
     def ok_models(self) -> list[ModelResult]:
@@ -145,7 +167,11 @@ class Selection:
 
     @property
     def failed_models(self) -> list[str]:
-        return [m.model for m in self.models if not m.ok]
+        return [m.model for m in self.models if m.status == "failed"]
+
+    @property
+    def excluded_models(self) -> list[str]:
+        return [m.model for m in self.models if m.status == "excluded"]
 
     def model(self, name: str) -> ModelResult:
         """The result of the model ``name``.

@@ -117,6 +117,8 @@ class LogitsWriter:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lead-parquet") if background else None
         self._pending: deque[Future] = deque()
         self.n = 0
+        #: Metadata known only at the end (e.g. the measured throughput), written on close.
+        self.close_metadata: dict[str, str] = {}
 
     def __enter__(self) -> LogitsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +182,8 @@ class LogitsWriter:
                 f"logits store: a file must have at least one readable image; got none for {self.path} "
                 f"({len(self.skipped)} skipped)."
             )
-        self._writer.add_key_value_metadata({**self.footer, "lead.n": str(self.n),
-                                             "lead.skipped": json.dumps(self.skipped), "lead.page_checksums": "crc32"})
+        self._writer.add_key_value_metadata({**self.footer, "lead.n": str(self.n), "lead.skipped": json.dumps(self.skipped),
+                                             "lead.page_checksums": "crc32", **self.close_metadata})
         self._writer.close()
         return publish(self.tmp, self.path)
 

@@ -5,16 +5,23 @@ One row per (model, method). Columns (schema version 2)::
     run_id string, created_at timestamp[us, UTC], dataset string, dataset_fingerprint string,
     model string, method string, score double (null when not scored), rank int32 (1 = best; null
     when not scored), n_samples int64, n_classes int32, mlflow_run_id string (empty when tracking
-    failed), flow_run_id string, params_json string, status string ("ok" | "failed"), error string,
-    worker string, device string, extract_start timestamp[us, UTC], extract_end timestamp[us, UTC]
+    failed), flow_run_id string, params_json string, status string ("ok" | "failed" | "excluded"),
+    error string,
+    worker string, device string, extract_start timestamp[us, UTC], extract_end timestamp[us, UTC],
+    p_best double, rank_low int32, rank_high int32, tied_with_best bool, score_low double,
+    score_high double (the paired bootstrap, docs/uncertainty.md; null when it was off or the method
+    too slow to resample), params int64, gflops double, images_per_s double (the model's cost,
+    repeated on each of its rows; null when unknown), pareto bool (on the score-versus-GFLOPs front of
+    this method; null for a model not ranked)
 
 ``worker`` (``host:pid``), ``device`` (``cpu``, ``cuda:N`` in the host's numbering) and the two times say
 where and when the model's logits file was made (for a cached model: by the run that made it); empty
-and null when the model failed before, or for files made before they were recorded. Version 1 tables
-lack these four columns; the history views read both (``union_by_name``: null there).
+and null when the model failed before, or for files made before they were recorded.
 
 ``status`` and ``error`` extend ARCHITECTURE.md's list so that a model that failed stays visible in
-the table with its reason.
+the table with its reason; ``excluded`` is a model left out by ``--max-params``/``--max-gflops``.
+Files of schema version 1 lack the columns of version 2; ``lead history`` reads both (DuckDB
+``union_by_name``), the old rows with nulls there.
 """
 
 from __future__ import annotations
@@ -34,9 +41,14 @@ RANKINGS_SCHEMA = table_schema(
     "run_id string, created_at timestamp, dataset string, dataset_fingerprint string, "
     "model string, method string, score float64, rank int32, n_samples int64, "
     "n_classes int32, mlflow_run_id string, flow_run_id string, params_json string, "
-    "status string, error string, worker string, device string, extract_start timestamp, extract_end timestamp",
+    "status string, error string, worker string, device string, extract_start timestamp, extract_end timestamp, "
+    "p_best float64, rank_low int32, rank_high int32, tied_with_best bool, score_low float64, score_high float64, "
+    "params int64, gflops float64, images_per_s float64, pareto bool",
     version="2",
 )
+
+#: The bootstrap's columns, from a model's ``uncertainty[method]``.
+UNCERTAINTY_COLUMNS = ("p_best", "rank_low", "rank_high", "tied_with_best", "score_low", "score_high")
 
 
 def _time(iso: str) -> datetime | None:
@@ -62,11 +74,15 @@ def selection_rows(sel: Selection, *, created_at: datetime, params_json: str, ml
             "dataset_fingerprint": sel.dataset_fingerprint, "model": m.model, "method": method,
             "score": m.scores.get(method), "rank": m.ranks.get(method), "n_samples": sel.n_read,
             "n_classes": sel.n_classes, "mlflow_run_id": mlflow_run_id, "flow_run_id": flow_run_id,
-            "params_json": params_json, "status": "ok" if method in m.scores else "failed",
+            "params_json": params_json,
+            "status": "excluded" if m.status == "excluded" else "ok" if method in m.scores else "failed",
             "error": m.error or m.method_errors.get(method, ""),
             "worker": m.extraction.worker if m.extraction else "", "device": m.extraction.device if m.extraction else "",
             "extract_start": _time(m.extraction.start) if m.extraction else None,
             "extract_end": _time(m.extraction.end) if m.extraction else None,
+            **{k: m.uncertainty.get(method, {}).get(k) for k in UNCERTAINTY_COLUMNS},
+            "params": m.cost.get("params"), "gflops": m.cost.get("gflops"), "images_per_s": m.cost.get("images_per_s"),
+            "pareto": m.pareto.get(method) if m.ok else None,
         }
         for m in sel.models
         for method in sel.methods

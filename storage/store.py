@@ -5,6 +5,8 @@ Layout (every path below is relative to the store's root; a *key* is such a rela
     datasets/<name>/                                    built-in and torchvision datasets, materialised
     logits/dataset=<fp>/model=<id>/part-<key16>.parquet features and logits (storage.logits)
     rankings/dataset=<fp>/run=<run id>.parquet          one file per selection (storage.rankings)
+    figures/dataset=<fp>/run=<run id>.png               the selection's figure (storage.figures)
+    figures/history-<dataset>.png                       lead history --plot (storage.figures)
     registry/datasets.json                              the dataset registry (storage.registry)
     outcomes/part-<UTC time>-<uuid8>.parquet            fine-tuned accuracies (storage.outcomes; lock .lock)
     bench/suite=<name>/run=<run id>.parquet, *.png      benchmark tables and figures (storage.bench)
@@ -104,6 +106,15 @@ class Store:
 
     def rankings_file(self, dataset_fingerprint: str, run_id: str) -> Path:
         return self.root / "rankings" / f"dataset={dataset_fingerprint}" / f"run={run_id}.parquet"
+
+    def figure_file(self, dataset_fingerprint: str, run_id: str) -> Path:
+        return self.root / "figures" / f"dataset={dataset_fingerprint}" / f"run={run_id}.png"
+
+    def history_figure_file(self, dataset: str) -> Path:
+        """``figures/history-<dataset>.png``, the name reduced to letters, digits, ``.``, ``_`` and ``-``."""
+        import re
+
+        return self.root / "figures" / f"history-{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset)[:80] or 'dataset'}.png"
 
     @property
     def registry_file(self) -> Path:

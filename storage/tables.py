@@ -7,7 +7,7 @@ import pyarrow as pa
 #: The column types the tables use.
 TYPES = {
     "string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
+    "timestamp": pa.timestamp("us", tz="UTC"), "bool": pa.bool_(),
 }
 
 

@@ -5,9 +5,12 @@ nothing here is called from worker threads (MLflow's SQLite pool does not bear c
 
 Parent run: experiment ``lead/<dataset name>``; tags ``dataset``, ``dataset_fingerprint``,
 ``best_model`` (``tie: a, b`` on an exact tie), ``best_models``, ``zoo_digest``, ``primary_method``,
-``flow_run_id``, ``failed_models``; params are the methods' knobs; artifact ``ranking.json``. Child
-run per model: tags ``model``, ``arch``, ``weights``, ``status`` (and ``error``); params the model's preprocessing; one metric per method (its score)
-plus ``rank_<method>``.
+``flow_run_id``, ``failed_models``; params are the methods' knobs and the bootstrap's; artifacts
+``figure.png`` (first) and ``ranking.json``; the experiment's tag ``mlflow.experimentKind`` is
+``custom_model_development`` (MLflow 3's classic view, not the GenAI one). Child run per model: tags
+``model``, ``arch``, ``weights``, ``status`` (and ``error``); params the model's preprocessing; one metric
+per method (its score) plus ``rank_<method>``, ``p_best_<method>``, ``rank_low_<method>``,
+``rank_high_<method>``, and its cost ``params``, ``gflops``, ``images_per_s``.
 
 End states: FINISHED (children of failed models FAILED) when the selection is logged; KILLED when the
 ranking is stopped (Ctrl-C, SIGTERM: ``Tracker.end_open_runs``) or was killed outright (SIGKILL, a
@@ -37,6 +40,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+#: MLflow 3 shows an experiment in its GenAI view (traces, an assistant panel) or its classic model-training
+#: view (runs table, metrics, artifacts) by the experiment tag ``mlflow.experimentKind``; without it the UI
+#: infers the kind. Ours are model selections: the classic view (values from the UI's ExperimentKind enum).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: The selection's figure, logged first and named to sort before ``ranking.json``.
+FIGURE_ARTIFACT = "figure.png"
 
 #: Limits of one ``log_batch`` request (MLflow REST API).
 MAX_PARAMS_PER_BATCH = 100
@@ -71,9 +82,35 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+#: MLflow 3.17's UI shows an experiment in the GenAI or the model-training view by its ``workflowType``
+#: (URL parameter, then remembered in the browser), GenAI by default, whatever the experiment's tag says; the
+#: links we print open the model-training view (the runs table with the metrics, the artifacts).
+UI_VIEW = "workflowType=machine_learning"
+
+
+#: The experiment tag holding the runs table's view that ``lead`` links to (MLflow's shared views: the UI
+#: reads ``mlflow.sharedViewState.<key>`` when the URL has ``viewStateShareKey=<key>``).
+VIEW_KEY = "lead"
+
+
+def runs_view_state(methods: list[str], expanded_run_id: str | None = None) -> str:
+    """The runs table's view as MLflow's UI stores it (JSON): the methods' scores, P(best) and the cost as
+    columns, newest first, the latest selection's children expanded."""
+    columns = [f"metrics.`{m}`" for m in methods] + [f"metrics.`{k}`" for k in ("p_best", "params", "gflops", "images_per_s")]
+    return json.dumps({"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False,
+                       "runsExpanded": {expanded_run_id: True} if expanded_run_id else {}})
+
+
+def runs_url(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment, in the model-training view, with lead's columns."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{UI_VIEW}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, path: str = "") -> str:
+    """The MLflow UI's page of a run (``path``: e.g. ``artifacts/figure.png``), in the model-training view."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{'/' + path if path else ''}?{UI_VIEW}"
 
 
 class Tracker:
@@ -118,12 +155,15 @@ class Tracker:
     def _ensure_experiment(self, name: str, MlflowException) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag was set
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = None
         if self.artifact_root is not None:
             location = (Path(self.artifact_root) / quote(name, safe="")).resolve().as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created meanwhile by a concurrent ranking
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -207,23 +247,25 @@ class Tracker:
             self.client.log_batch(run_id, metrics=chunk)
 
     def log_selection(
-        self, experiment_id: str, parent_id: str, parent: RunRecord, children: list[RunRecord], artifact: dict | None = None
+        self, experiment_id: str, parent_id: str, parent: RunRecord, children: list[RunRecord], artifact: dict | None = None,
+        figure: Path | None = None,
     ) -> dict[str, str]:
-        """Log a whole selection: the parent's record, one child run per model, the ranking artifact.
+        """Log a whole selection: the parent's record, one child run per model, the figure (a PNG file, logged
+        first as ``figure.png``) and the ranking artifact.
 
         Returns {model name: child run id}. Marks every run FINISHED (children of failed models FAILED);
         if logging fails part-way, the runs created so far are marked FAILED (as far as the store lets).
         """
         with self._lock:
             try:
-                return self._log_selection(experiment_id, parent_id, parent, children, artifact)
+                return self._log_selection(experiment_id, parent_id, parent, children, artifact, figure)
             except Exception:
                 for run_id in [r for r in reversed(list(Tracker._open)) if Tracker._open[r] is self]:
                     with contextlib.suppress(Exception):
                         self._end(run_id, "FAILED")
                 raise
 
-    def _log_selection(self, experiment_id, parent_id, parent, children, artifact) -> dict[str, str]:
+    def _log_selection(self, experiment_id, parent_id, parent, children, artifact, figure=None) -> dict[str, str]:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         child_ids = {}
@@ -234,6 +276,16 @@ class Tracker:
             self._end(run.info.run_id, status)
             child_ids[child.name] = run.info.run_id
         self.log(parent_id, parent)
+        methods = [m for m in parent.params.get("methods", "").split(",") if m]
+        self.client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", runs_view_state(methods, parent_id))
+        if figure is not None:
+            import shutil
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="lead-figure-") as tmp:
+                named = Path(tmp) / FIGURE_ARTIFACT
+                shutil.copyfile(figure, named)
+                self.client.log_artifact(parent_id, str(named))
         if artifact is not None:
             self.client.log_text(parent_id, json.dumps(artifact, indent=2, default=str), "ranking.json")
         self._end(parent_id, "FINISHED")
@@ -258,7 +310,10 @@ def selection_records(sel: Selection, preprocessing: dict[str, dict], params: di
                                                         ("start", m.extraction.start), ("end", m.extraction.end)) if v}
                      if m.extraction else {})},
             params={f"preprocessing.{k}": json.dumps(v) for k, v in preprocessing[m.model].items()},
-            metrics={**m.scores, **{f"rank_{k}": v for k, v in m.ranks.items()}},
+            metrics={**m.scores, **{f"rank_{k}": v for k, v in m.ranks.items()},
+                     **{f"{field}_{k}": u[field] for k, u in m.uncertainty.items() for field in ("p_best", "rank_low", "rank_high")},
+                     **({"p_best": m.uncertainty[sel.primary_method]["p_best"]} if sel.primary_method in m.uncertainty else {}),
+                     **{k: v for k, v in m.cost.items() if k != "device" and v is not None}},
         )
         for m in sel.models
     ]
@@ -269,13 +324,20 @@ def selection_records(sel: Selection, preprocessing: dict[str, dict], params: di
         tags={"best_model": sel.best_model, "best_models": ",".join(sel.best_models), "zoo_digest": sel.zoo_digest,
               "primary_method": primary, "flow_run_id": flow_run_id, "lead_run_id": sel.run_id,
               "n_models": str(len(sel.models)), "failed_models": ",".join(sel.failed_models), "lead_version": __version__,
+              **({"excluded_models": ",".join(sel.excluded_models)} if sel.excluded_models else {}),
               "skipped_images": str(len(skipped)),
               **({"skipped_list": ", ".join(skipped)} if skipped else {}),
               **({"auto_method": primary, "auto_evidence": json.dumps(auto)} if auto else {})},
         params={"methods": ",".join(sel.methods), "n_samples": str(sel.n_read), "n_classes": str(sel.n_classes),
                 **({"auto_min_datasets": str(auto["min_datasets"])} if auto else {}),
+                **({"bootstrap": str(sel.bootstrap["resamples"]), "bootstrap_seed": str(sel.bootstrap["seed"]),
+                    "bootstrap_budget_s": str(sel.bootstrap["budget_s"])} if sel.bootstrap else {}),
+                **{k: str(v) for k, v in (sel.limits or {}).items() if v is not None},
                 **{f"{meth}.{k}": v if isinstance(v, str) else json.dumps(v) for meth, p in params.items() for k, v in p.items()}},
-        metrics={f"best_{primary}": ok[0].scores[primary]} if ok else {},
+        # the best model's scores and P(best) under the children's metric names: one set of columns in the UI
+        metrics={f"best_{primary}": ok[0].scores[primary], **ok[0].scores,
+                 **({"p_best": ok[0].uncertainty[primary]["p_best"]} if primary in ok[0].uncertainty else {})}
+        if ok else {},
     )
     return parent, children
 

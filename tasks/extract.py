@@ -22,7 +22,8 @@ from prefect import task
 from lead.data import ImageDataset
 from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ModelLoadError
-from lead.extract import CANCEL, extract, select_device
+from lead.cost import model_cost
+from lead.extract import CANCEL, extract, select_device, throughput
 from lead.placement import now_iso, placed
 from lead.zoo import ModelSpec, load_model
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
@@ -152,7 +153,7 @@ def extract_logits(
         meta = read_metadata(path)
         return {"path": str(path), "cache_key": cache_key, "n": int(meta["lead.n"]), "seconds": 0.0,
                 "skipped": json.loads(meta.get("lead.skipped", "[]")), "extracted": False,
-                **{k: meta.get(f"lead.{k}", "") for k in PLACEMENT_KEYS}}
+                **cost_from_metadata(meta), **{k: meta.get(f"lead.{k}", "") for k in PLACEMENT_KEYS}}
 
     ds = dataset.open()
     with gpu_slot(), placed(select_device(device)) as where:
@@ -171,6 +172,11 @@ def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Pat
              progress_position: int | None, where: dict[str, str]) -> dict:
     logger = run_logger()
     model = load_model(spec)
+    try:
+        cost = model_cost(model, spec.input_size)  # shapes only: before the weights move to the device
+    except Exception as err:  # an operator FlopCounterMode cannot run: the ranking goes on without the cost
+        logger.warning("%s: could not count its cost: %s", spec.name, err)
+        cost = None
     metadata = {
         "lead.model": spec.name,
         "lead.arch": spec.arch,
@@ -182,7 +188,9 @@ def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Pat
         "lead.classes": json.dumps(dataset.classes),
         "lead.cache_key": cache_key,
         **{f"lead.{k}": where[k] for k in ("worker", "device", "extract_start")},
+        **({"lead.params": str(cost.params), "lead.flops": str(cost.flops)} if cost else {}),
     }
+    forward_s = 0.0
     bar = None
     if progress_position is not None:
         from tqdm.auto import tqdm
@@ -196,6 +204,9 @@ def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Pat
             ):
                 writer.write(batch.sample_ids, batch.labels, batch.features, batch.logits)
                 writer.skip(batch.skipped)
+                forward_s += batch.seconds
+                rate = throughput(writer.n, forward_s)
+                writer.close_metadata = {"lead.images_per_s": f"{rate:.6g}"} if rate else {}  # lead.device: at open
                 if len(writer.skipped) > limit:
                     raise DatasetError(too_many_unreadable(dataset.name, writer.skipped, len(dataset), max_bad_fraction))
                 if bar is not None:
@@ -216,7 +227,21 @@ def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Pat
         "skipped": [list(x) for x in writer.skipped],
         "extracted": True,
         "extract_end": end,
+        **cost_from_metadata({**metadata, **writer.close_metadata}),
     }
+
+
+def cost_from_metadata(meta: dict) -> dict:
+    """The model's cost recorded in a logits file's metadata: ``params``, ``flops``, ``images_per_s``,
+    ``device`` (each None when the file predates them)."""
+    def num(key, kind):
+        try:
+            return kind(meta[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    return {"params": num("lead.params", int), "flops": num("lead.flops", int),
+            "images_per_s": num("lead.images_per_s", float), "device": meta.get("lead.device")}
 
 
 def too_many_unreadable(dataset: str, skipped: list, n: int, max_bad_fraction: float) -> str:

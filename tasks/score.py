@@ -17,6 +17,7 @@ from prefect import task
 from lead import __version__
 from lead.errors import error_text
 from lead.scoring import get_method
+from lead.scoring.bootstrap import RECOMPUTE_BUDGET_S, score_and_resample
 from storage.logits import read_logits, read_metadata
 from storage.store import Store
 from tasks.logs import run_logger
@@ -37,32 +38,39 @@ def scoring_lock() -> threading.Lock:
     return _SCORING_LOCK
 
 
-def scoring_key(path: str | Path, methods: list[str]) -> str:
+def scoring_key(path: str | Path, methods: list[str], bootstrap: int = 0, seed: int = 0,
+                budget_s: float = RECOMPUTE_BUDGET_S) -> str:
     """sha256 of what determines the scores: the logits file's extraction key, each method and its
-    knobs, and the package version."""
+    knobs, the bootstrap's resamples, seed and budget (when on), and the package version."""
     doc = {
         "logits": read_metadata(Path(path)).get("lead.cache_key", str(path)),
         "methods": [[m, get_method(m).params] for m in methods],
         "version": __version__,
+        **({"bootstrap": [bootstrap, seed, budget_s]} if bootstrap else {}),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _cache_key(context, parameters) -> str:
-    return f"score-{scoring_key(Store.of(parameters['store']).path(parameters['key']), parameters['methods'])}"
+    return "score-" + scoring_key(Store.of(parameters["store"]).path(parameters["key"]), parameters["methods"],
+                                  parameters.get("bootstrap", 0), parameters.get("seed", 0),
+                                  parameters.get("budget_s", RECOMPUTE_BUDGET_S))
 
 
 @task(name="score-model", task_run_name="score-{model}", cache_key_fn=_cache_key, persist_result=True)
-def score_model(model: str, store: str, key: str, methods: list[str]) -> dict[str, dict]:
+def score_model(model: str, store: str, key: str, methods: list[str], bootstrap: int = 0, seed: int = 0,
+                budget_s: float = RECOMPUTE_BUDGET_S) -> dict[str, dict]:
     """Compute each method in ``methods`` on the logits file ``key`` of the store ``store`` (a file
-    outside a store, such as a suite's stored features: its folder and its name).
+    outside a store, such as a suite's stored features: its folder and its name), and its scores on
+    ``bootstrap`` paired resamples of the images (:func:`lead.scoring.bootstrap.score_and_resample`; 0: none).
 
-    Cached on (the file's extraction key, the methods and their knobs, the package version): a second
-    ranking of unchanged inputs recomputes no score. A method that fails is reported, not raised, so the
-    other methods (and models) still count.
+    Cached on (the file's extraction key, the methods and their knobs, the bootstrap's settings, the
+    package version): a second ranking of unchanged inputs recomputes no score. A method that fails is
+    reported, not raised, so the other methods (and models) still count.
 
     Returns:
-        {method: {"score": float, "seconds": float} or {"error": "<Type>: <message>"}}.
+        {method: {"score": float, "seconds": float, "resampled": ResampledScore.to_dict() (with a bootstrap)}
+        or {"error": "<Type>: <message>"}}.
     """
     logger = run_logger()
     data = read_logits(Store.of(store).path(key))
@@ -72,10 +80,17 @@ def score_model(model: str, store: str, key: str, methods: list[str]) -> dict[st
         started = time.perf_counter()
         try:
             with scoring_lock():
-                value = method(features=data.features, logits=data.logits, labels=data.labels)
+                if bootstrap:
+                    r = score_and_resample(method, features=data.features, logits=data.logits, labels=data.labels,
+                                           n_resamples=bootstrap, seed=seed, budget_s=budget_s)
+                    value, extra = r.score, {"resampled": r.to_dict()}
+                    if r.note:
+                        logger.warning("%s: %s", model, r.note)
+                else:
+                    value, extra = method(features=data.features, logits=data.logits, labels=data.labels), {}
         except Exception as err:  # one method's failure must not hide the others
             logger.warning("%s: %s failed: %s", model, name, err)
             out[name] = {"error": error_text(err)}
             continue
-        out[name] = {"score": value, "seconds": time.perf_counter() - started}
+        out[name] = {"score": value, "seconds": time.perf_counter() - started, **extra}
     return out

@@ -20,6 +20,9 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("LEAD_STORE", None)
 os.environ["LEAD_NUM_WORKERS"] = "1"
+# The paired bootstrap runs in every ranking (200 resamples); a score recomputed on each resample may spend
+# at most this long per model here (the default is 5 s), so flow tests with --method all stay fast.
+os.environ.setdefault("LEAD_BOOTSTRAP_BUDGET", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -29,10 +29,15 @@ def _print_selection(sel) -> None:
         f"({sel.n_samples} images, {sel.n_classes} classes), by {primary}",
         title_justify="left",
     )
+    boot = any(primary in m.uncertainty for m in sel.models)
     table.add_column("rank", justify="right")
     table.add_column("model")
     for m in methods:
         table.add_column(m, justify="right")
+        if m == primary and boot:
+            table.add_column("P(best)", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("GFLOPs", justify="right")
     table.add_column("extraction")
     table.add_column("status")
     from lead.placement import where_text
@@ -44,19 +49,47 @@ def _print_selection(sel) -> None:
             extraction += f" ({m.extraction.seconds:.1f} s{', ' + where if where else ''})"
         elif where:  # cached: where the file was made
             extraction += f" ({where})"
+        u, rank = m.uncertainty.get(primary, {}), m.ranks.get(primary)
+        cells = []
+        for k in methods:
+            cells.append(f"{m.scores[k]:.4f}" if k in m.scores else "-")
+            if k == primary and boot:
+                cells.append(f"{u['p_best']:.2f}" if "p_best" in u else "-")
+        status = "ok" if m.ok else m.error if m.status == "excluded" else \
+            f"failed: {m.error[:150]}{'...' if len(m.error) > 150 else ''}"
         table.add_row(
-            str(m.ranks.get(primary, "-")),
+            f"{'≈' if u.get('tied_with_best') and rank != 1 else ''}{rank}" if rank is not None else "-",
             m.model,
-            *[f"{m.scores[k]:.4f}" if k in m.scores else "-" for k in methods],
+            *cells,
+            f"{m.cost['params'] / 1e6:.1f} M" if m.cost.get("params") else "-",
+            f"{m.cost['gflops']:.3f}" if m.cost.get("gflops") else "-",
             extraction,
-            "ok" if m.ok else f"failed: {m.error[:150]}{'...' if len(m.error) > 150 else ''}",
+            status,
         )
     console.print(table)
+    _print_uncertainty_notes(console, sel, boot)
     _print_method_notes(console, sel)
     tied = sel.best_models
     best = f"tie between {', '.join(tied[:-1])} and {tied[-1]}" if len(tied) > 1 else sel.best_model or "none"
     console.print(f"best model: [bold]{escape(best)}[/bold]   ({sel.seconds:.1f} s)")
     _print_selection_notes(console, sel)
+
+
+def _print_uncertainty_notes(console, sel, boot: bool) -> None:
+    """What P(best) and ``≈`` mean here, the Pareto front, and methods with fewer resamples or none."""
+    from rich.markup import escape
+
+    primary = sel.primary_method
+    if boot:
+        tied = [m.model for m in sel.models if m.uncertainty.get(primary, {}).get("tied_with_best") and m.ranks.get(primary) != 1]
+        console.print(f"P(best): share of {sel.bootstrap['resamples']} paired resamples of the images in which the model "
+                      f"scores highest by {primary}" + (f"; ≈ tied with the best (its 90% rank interval reaches 1): "
+                                                       f"{', '.join(tied)}" if tied else ""))
+    front = [m.model for m in sel.models if m.pareto.get(primary)]
+    if front and any(m.cost.get("gflops") for m in sel.models):
+        console.print(f"Pareto front ({primary} against GFLOPs): {', '.join(front)}")
+    for note in (sel.bootstrap or {}).get("notes", {}).values():
+        console.print(f"[yellow]bootstrap[/yellow]: {escape(note)}")
 
 
 def _print_method_notes(console, sel) -> None:
@@ -96,6 +129,8 @@ def _print_selection_notes(console, sel) -> None:
     if ml.run_id:
         console.print(f"MLflow run: {ml.run_id} in experiment lead/{sel.dataset} ({ml.tracking_uri})")
         console.print(f"open it with: {ml.ui_command}  then {ml.url}")
+        if ml.runs_url:
+            console.print(f"runs table (scores, P(best), cost as columns): {ml.runs_url}")
     if ml.error:
         console.print(f"[red]MLflow logging failed[/red]: {ml.error} (the ranking is in the rankings table)")
 
@@ -127,6 +162,17 @@ def rank(
     auto_min_datasets: Annotated[int | None, typer.Option("--auto-min-datasets", min=1, help="With --method auto: "
                                  "datasets of track record a method needs before auto ranks by it. (env: LEAD_AUTO_MIN_DATASETS; "
                                  "default 3)")] = None,
+    bootstrap: Annotated[int | None, typer.Option("--bootstrap", min=0, help="Paired bootstrap resamples of the images "
+                         "for P(best) and the 90% rank intervals; 0 turns it off. (env: LEAD_BOOTSTRAP; default 200)")] = None,
+    bootstrap_seed: Annotated[int | None, typer.Option("--bootstrap-seed", min=0, help="Seed of the resamples. "
+                              "(env: LEAD_BOOTSTRAP_SEED; default 0)")] = None,
+    bootstrap_budget: Annotated[float | None, typer.Option("--bootstrap-budget", min=0.001, help="Seconds a score that is "
+                                "recomputed on each resample (LogME, H-score, GBC, TransRate) may spend per model; fewer "
+                                "resamples, or none (said so), when slower. (env: LEAD_BOOTSTRAP_BUDGET; default 5)")] = None,
+    max_params: Annotated[float | None, typer.Option("--max-params", min=1, help="Leave out models with more parameters "
+                          "(recorded as excluded, with the reason).")] = None,
+    max_gflops: Annotated[float | None, typer.Option("--max-gflops", min=0.0, help="Leave out models needing more GFLOPs "
+                          "per image at their input size (recorded as excluded).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the selection as JSON instead of a table.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: DebugOpt = False,
@@ -152,8 +198,12 @@ def rank(
 
         settings = Settings.from_env(store=store, tracking_uri=tracking_uri, batch_size=batch_size, max_workers=max_workers,
                                      num_workers=num_workers, auto_min_datasets=auto_min_datasets,
-                                     executor=executor.strip().lower() if executor else None,
+                                     executor=executor.strip().lower() if executor else None, bootstrap=bootstrap,
+                                     bootstrap_seed=bootstrap_seed, bootstrap_budget=bootstrap_budget,
                                      **({"device": device} if device else {}))
+        from lead.cost import ModelCost, check_limits
+
+        check_limits(ModelCost(0, 0, (1, 1)), max_params=max_params, max_gflops=max_gflops)
         plan = plan_for_store(dataset, zoo, method, settings, dataset_name=name)
         select_device(settings.device)
         flow = rank_zoo.with_options(task_runner=task_runner(settings))
@@ -161,7 +211,8 @@ def rank(
         from flows.ephemeral import ensure_api
 
         ensure_api()  # a temporary Prefect server that ends with this process, if none is configured
-        sel = _run_flow(flow, **_flow_params(plan, method, show_progress=not as_json and sys.stderr.isatty() or verbose))
+        sel = _run_flow(flow, **_flow_params(plan, method, show_progress=not as_json and sys.stderr.isatty() or verbose),
+                        max_params=max_params, max_gflops=max_gflops)
         restore()
     except BaseException as err:
         from lead.extract import CANCEL
@@ -189,4 +240,5 @@ def _flow_params(plan, method: str, show_progress: bool) -> dict:
     return {"dataset": plan.dataset, "zoo": plan.zoo, "methods": method, "store": str(s.store),
             "tracking_uri": s.tracking_uri, "dataset_name": plan.dataset.name, "device": s.device,
             "batch_size": s.batch_size, "num_workers": s.num_workers, "show_progress": show_progress,
-            "auto_min_datasets": s.auto_min_datasets}
+            "auto_min_datasets": s.auto_min_datasets, "bootstrap": s.bootstrap, "bootstrap_seed": s.bootstrap_seed,
+            "bootstrap_budget": s.bootstrap_budget}

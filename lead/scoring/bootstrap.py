@@ -244,7 +244,7 @@ def score_and_resample(
         if target < min(min_resamples, n_resamples):
             note = (f"{m.name}: too slow to resample: one recomputation took {per_resample:.2f} s, so {n_resamples} "
                     f"resamples would take {per_resample * n_resamples:.0f} s per model and not even {min_resamples} fit "
-                    f"in the budget of {budget_s:g} s per model (LEAD_BOOTSTRAP_BUDGET); no interval for {m.name}.")
+                    f"in the budget of {budget_s:g} s per model (--bootstrap-budget, LEAD_BOOTSTRAP_BUDGET); no interval for {m.name}.")
             return ResampledScore(m.name, score, np.zeros(0), TOO_SLOW, clock() - started, note, digest)
         for b in range(1, target):
             values.append(once(resamples[b]))
@@ -253,7 +253,7 @@ def score_and_resample(
     note = ""
     if len(values) < n_resamples:
         note = (f"{m.name}: {len(values)} of {n_resamples} resamples (a recomputation takes {per_resample:.2f} s; "
-                f"the budget is {budget_s:g} s per model, LEAD_BOOTSTRAP_BUDGET).")
+                f"the budget is {budget_s:g} s per model: --bootstrap-budget, LEAD_BOOTSTRAP_BUDGET).")
     return ResampledScore(m.name, score, np.asarray(values, dtype=np.float64), RECOMPUTE, clock() - started, note, digest)
 
 

@@ -158,8 +158,8 @@ def test_a_slow_method_lowers_b_or_says_it_is_too_slow():
     ticks = itertools.chain([0.0, 0.1], itertools.repeat(0.1))  # one recomputation "takes" 0.1 s
     r = score_and_resample("logme", features=f, labels=y, n_resamples=200, budget_s=7.0, clock=lambda: next(ticks))
     assert r.mode == RECOMPUTE and r.resampled.size == 70
-    assert r.note == ("logme: 70 of 200 resamples (a recomputation takes 0.10 s; the budget is 7 s per model, "
-                      "LEAD_BOOTSTRAP_BUDGET).")
+    assert r.note == ("logme: 70 of 200 resamples (a recomputation takes 0.10 s; the budget is 7 s per model: "
+                      "--bootstrap-budget, LEAD_BOOTSTRAP_BUDGET).")
     ticks = itertools.chain([0.0, 2.0], itertools.repeat(2.0))  # 2 s each: not even 50 fit in 5 s
     r = score_and_resample("logme", features=f, labels=y, n_resamples=200, budget_s=5.0, clock=lambda: next(ticks))
     assert r.mode == TOO_SLOW and r.resampled.size == 0 and r.score == logme(f, y)

@@ -77,7 +77,8 @@ def test_a_selection_round_trips_through_json():
     assert Selection.from_json(sel.to_json()) == sel and Selection.from_dict(doc).to_dict() == doc
     assert pickle.loads(pickle.dumps(sel)) == sel
     # the document keeps the keys lead rank --json always printed: scoring/method_errors only when present
-    assert list(doc["models"][0]) == ["model", "arch", "weights", "status", "error", "extraction", "scores", "ranks", "scoring"]
+    assert list(doc["models"][0]) == ["model", "arch", "weights", "status", "error", "extraction", "scores", "ranks", "scoring",
+                                      "uncertainty", "cost", "pareto"]  # the last three: issue #16
     assert "scoring" not in doc["models"][1] and doc["models"][1]["extraction"] is None
     assert doc["mlflow"] == {"tracking_uri": "sqlite:///m.db", "ui_command": "mlflow ui", "experiment_id": "1",
                              "run_id": "run", "url": "http://u"}
@@ -97,6 +98,7 @@ def test_storage_writes_rows_and_records_from_a_selection():
         ("a", "lead", "ok", 1), ("a", "logme", "ok", 1), ("b", "lead", "failed", None), ("b", "logme", "failed", None)]
     parent, children = selection_records(sel, {"a": {"size": 32}, "b": {"size": 32}}, {"lead": {"k": 1}}, flow_run_id="")
     assert parent.tags["best_model"] == "a" and parent.tags["failed_models"] == "b" and parent.tags["skipped_list"] == "c/1.png"
-    assert parent.params["lead.k"] == "1" and parent.metrics == {"best_lead": 1.0}
+    # the parent also carries the best model's scores under the children's names (issue #16: one set of columns)
+    assert parent.params["lead.k"] == "1" and parent.metrics == {"best_lead": 1.0, "lead": 1.0, "logme": 2.0}
     assert children[0].metrics == {"lead": 1.0, "logme": 2.0, "rank_lead": 1, "rank_logme": 1}
     assert children[1].tags["status"] == "failed" and children[0].params == {"preprocessing.size": "32"}
