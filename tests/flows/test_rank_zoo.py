@@ -122,10 +122,11 @@ def test_mlflow_parent_and_child_runs(runs):
     assert parent.data.params["methods"] == ",".join(METHODS)
     # every method's knobs, LEAD's included
     lead_params = {k[5:]: v for k, v in parent.data.params.items() if k.startswith("lead.")}
-    assert lead_params == {"initial": "logreg", "t": "1.0", "n_per_class": "64", "eta": "auto", "head": "[1024, 2048]",
-                           "standardize": "false", "normalize": "global", "kernel": "expected", "logreg_c": "100.0",
-                           "softmax": "false", "seed": "0", "n_heads": "1", "rescale": "false",
-                           "loss": "mse", "class_kernel": "null"}
+    # (LeadParams' fields; class_kernel is data, not a knob, since issue #18)
+    assert lead_params == {"initial": "ridge", "t": "1.0", "n_per_class": "64", "eta": "auto", "head": "[1024, 2048]",
+                           "standardize": "false", "normalize": "global", "kernel": "expected", "ridge_alpha": "1.0",
+                           "logreg_c": "100.0", "softmax": "false", "seed": "0", "n_heads": "1", "rescale": "false",
+                           "loss": "mse"}
     assert parent.data.params["gbc.n_components"] == "64"
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     kids = {r.data.tags["model"]: r for r in children}
