@@ -38,7 +38,7 @@ def test_rank_then_history(tmp_path, tiny_dataset):
     assert "#/experiments/1/runs/" in out
 
     as_json = runner.invoke(app, ["rank", "-d", str(tiny_dataset), "-z", str(zoo), "--store", str(store), "--json"])
-    sel = json.loads(as_json.output)
+    sel = json.loads(as_json.stdout)  # stdout is the document; notes and log lines go to stderr
     assert [m["extraction"]["status"] for m in sel["models"]] == ["cached", "cached"]
 
     hist = runner.invoke(app, ["history", "--store", str(store), "--json"])
