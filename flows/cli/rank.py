@@ -135,6 +135,26 @@ def _print_selection_notes(console, sel) -> None:
         console.print(f"[red]MLflow logging failed[/red]: {ml.error} (the ranking is in the rankings table)")
 
 
+# the options of `lead rank` beyond the common ones
+ExecutorOpt = Annotated[str | None, typer.Option("--executor", help="Where the tasks run: threads (of this process) or "
+    "dask (a local Dask cluster of worker processes, one per GPU, else --max-workers; or the cluster at "
+    "DASK_SCHEDULER_ADDRESS). (env: LEAD_EXECUTOR; default threads)")]
+AutoMinDatasetsOpt = Annotated[int | None, typer.Option("--auto-min-datasets", min=1, help="With --method auto: "
+    "datasets of track record a method needs before auto ranks by it. (env: LEAD_AUTO_MIN_DATASETS; "
+    "default 3)")]
+BootstrapOpt = Annotated[int | None, typer.Option("--bootstrap", min=0, help="Paired bootstrap resamples of the images "
+    "for P(best) and the 90% rank intervals; 0 turns it off. (env: LEAD_BOOTSTRAP; default 200)")]
+BootstrapSeedOpt = Annotated[int | None, typer.Option("--bootstrap-seed", min=0, help="Seed of the resamples. "
+    "(env: LEAD_BOOTSTRAP_SEED; default 0)")]
+BootstrapBudgetOpt = Annotated[float | None, typer.Option("--bootstrap-budget", min=0.001, help="Seconds a score that is "
+    "recomputed on each resample (LogME, H-score, GBC, TransRate) may spend per model; fewer "
+    "resamples, or none (said so), when slower. (env: LEAD_BOOTSTRAP_BUDGET; default 5)")]
+MaxParamsOpt = Annotated[float | None, typer.Option("--max-params", min=1, help="Leave out models with more parameters "
+    "(recorded as excluded, with the reason).")]
+MaxGflopsOpt = Annotated[float | None, typer.Option("--max-gflops", min=0.0, help="Leave out models needing more GFLOPs "
+    "per image at their input size (recorded as excluded).")]
+
+
 @app.command()
 def rank(
     dataset: Annotated[
@@ -154,25 +174,15 @@ def rank(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. (env: LEAD_DEVICE)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass. (env: LEAD_BATCH_SIZE; default 64)")] = None,
     max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. (env: LEAD_MAX_WORKERS; default: GPUs, or 2)")] = None,
-    executor: Annotated[str | None, typer.Option("--executor", help="Where the tasks run: threads (of this process) or "
-                        "dask (a local Dask cluster of worker processes, one per GPU, else --max-workers; or the cluster at "
-                        "DASK_SCHEDULER_ADDRESS). (env: LEAD_EXECUTOR; default threads)")] = None,
+    executor: ExecutorOpt = None,
     num_workers: Annotated[int | None, typer.Option("--num-workers", min=0, help="DataLoader processes decoding images per model. (env: LEAD_NUM_WORKERS; default: min(4, cores))")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db)")] = None,
-    auto_min_datasets: Annotated[int | None, typer.Option("--auto-min-datasets", min=1, help="With --method auto: "
-                                 "datasets of track record a method needs before auto ranks by it. (env: LEAD_AUTO_MIN_DATASETS; "
-                                 "default 3)")] = None,
-    bootstrap: Annotated[int | None, typer.Option("--bootstrap", min=0, help="Paired bootstrap resamples of the images "
-                         "for P(best) and the 90% rank intervals; 0 turns it off. (env: LEAD_BOOTSTRAP; default 200)")] = None,
-    bootstrap_seed: Annotated[int | None, typer.Option("--bootstrap-seed", min=0, help="Seed of the resamples. "
-                              "(env: LEAD_BOOTSTRAP_SEED; default 0)")] = None,
-    bootstrap_budget: Annotated[float | None, typer.Option("--bootstrap-budget", min=0.001, help="Seconds a score that is "
-                                "recomputed on each resample (LogME, H-score, GBC, TransRate) may spend per model; fewer "
-                                "resamples, or none (said so), when slower. (env: LEAD_BOOTSTRAP_BUDGET; default 5)")] = None,
-    max_params: Annotated[float | None, typer.Option("--max-params", min=1, help="Leave out models with more parameters "
-                          "(recorded as excluded, with the reason).")] = None,
-    max_gflops: Annotated[float | None, typer.Option("--max-gflops", min=0.0, help="Leave out models needing more GFLOPs "
-                          "per image at their input size (recorded as excluded).")] = None,
+    auto_min_datasets: AutoMinDatasetsOpt = None,
+    bootstrap: BootstrapOpt = None,
+    bootstrap_seed: BootstrapSeedOpt = None,
+    bootstrap_budget: BootstrapBudgetOpt = None,
+    max_params: MaxParamsOpt = None,
+    max_gflops: MaxGflopsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the selection as JSON instead of a table.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
     debug: DebugOpt = False,
@@ -186,26 +196,18 @@ def rank(
     _quiet(verbose)
     if max_workers:
         os.environ["LEAD_MAX_WORKERS"] = str(max_workers)
-    from lead.config import Settings
-
     restore = lambda: None  # noqa: E731 - the signal handlers to put back
     try:
         # Plan before a flow run starts (dataset, zoo, methods, settings), so mistakes cost a second, not a
         # server start; the flow gets the plan's values.
-        from flows.rank_zoo import plan_for_store, rank_zoo
+        from flows.rank_zoo import rank_zoo
         from flows.runners import task_runner
-        from lead.extract import select_device
 
-        settings = Settings.from_env(store=store, tracking_uri=tracking_uri, batch_size=batch_size, max_workers=max_workers,
-                                     num_workers=num_workers, auto_min_datasets=auto_min_datasets,
-                                     executor=executor.strip().lower() if executor else None, bootstrap=bootstrap,
-                                     bootstrap_seed=bootstrap_seed, bootstrap_budget=bootstrap_budget,
-                                     **({"device": device} if device else {}))
-        from lead.cost import ModelCost, check_limits
-
-        check_limits(ModelCost(0, 0, (1, 1)), max_params=max_params, max_gflops=max_gflops)
-        plan = plan_for_store(dataset, zoo, method, settings, dataset_name=name)
-        select_device(settings.device)
+        plan = _plan(dataset, zoo, method, name, device=device, executor=executor, max_params=max_params,
+                     max_gflops=max_gflops, store=store, tracking_uri=tracking_uri, batch_size=batch_size,
+                     max_workers=max_workers, num_workers=num_workers, auto_min_datasets=auto_min_datasets,
+                     bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, bootstrap_budget=bootstrap_budget)
+        settings = plan.settings
         flow = rank_zoo.with_options(task_runner=task_runner(settings))
         restore = _cancel_on_interrupt()
         from flows.ephemeral import ensure_api
@@ -231,6 +233,22 @@ def rank(
         typer.echo(json.dumps(sel.to_dict(), indent=2, default=str))
     else:
         _print_selection(sel)
+
+
+def _plan(dataset: str, zoo: str, method: str, name: str | None, *, device: str | None, executor: str | None,
+          max_params: float | None, max_gflops: float | None, **flags):
+    """The settings (environment, then the flags), the deploy limits checked, and the ranking's plan."""
+    from flows.rank_zoo import plan_for_store
+    from lead.config import Settings
+    from lead.cost import ModelCost, check_limits
+    from lead.extract import select_device
+
+    settings = Settings.from_env(**flags, executor=executor.strip().lower() if executor else None,
+                                 **({"device": device} if device else {}))
+    check_limits(ModelCost(0, 0, (1, 1)), max_params=max_params, max_gflops=max_gflops)
+    plan = plan_for_store(dataset, zoo, method, settings, dataset_name=name)
+    select_device(settings.device)
+    return plan
 
 
 def _flow_params(plan, method: str, show_progress: bool) -> dict:
