@@ -202,10 +202,13 @@ class ImageSamples:
         return x, self.index[s.label], i, error
 
 
-#: While DataLoader workers decode on a CPU-only run, torch's intra-op threads are cut to the cores the
-#: workers leave (at least one): two OpenMP threads beside busy workers on 2 cores ran small convolutions
-#: about 10x slower (issue #18, docs/performance.md). None leaves torch's setting alone.
-TORCH_THREADS_BESIDE_WORKERS: int | None = -1  # -1: cores minus workers, at least 1
+#: While DataLoader workers decode on a CPU-only run, torch's intra-op threads may be cut to the cores the
+#: workers leave: a positive int sets that many, -1 means cores minus workers (at least one), None (the
+#: default) leaves torch's setting alone. Measured on 2 cores (benchmarks/extraction.py, docs/performance.md,
+#: issue #18): cutting to one thread beside two workers ran at 0.73 of a bare timm loop, leaving torch alone
+#: at 0.89 (one worker: 0.93): decoding small images keeps the workers idle most of the time, so the cut
+#: only halves the forward pass. The flow's own split between concurrent extractions still applies.
+TORCH_THREADS_BESIDE_WORKERS: int | None = None
 _THREADS_LOCK = threading.Lock()
 _THREADS_USERS = [0, 0]  # [extractions inside, threads before the first one]
 

@@ -35,7 +35,7 @@ def test_extract_matches_plain_timm_forward(tiny_dataset):
     np.testing.assert_allclose(feats[:3], ref_feats, rtol=1e-4, atol=1e-4)
 
 
-def test_torch_runs_on_the_cores_the_workers_leave_and_gets_its_threads_back(tiny_dataset, monkeypatch):
+def test_torch_threads_beside_loader_workers_default_and_cut(tiny_dataset, monkeypatch):
     import os
 
     import lead.extract as extract_module
@@ -44,15 +44,17 @@ def test_torch_runs_on_the_cores_the_workers_leave_and_gets_its_threads_back(tin
     spec = lite0(32)
     model = load_model(spec)
     before = torch.get_num_threads()
+    # the default (None) leaves torch's setting alone
+    assert extract_module.TORCH_THREADS_BESIDE_WORKERS is None
+    seen = [torch.get_num_threads() for _ in extract(model, spec, ds.samples[:5], ds.classes, batch_size=5, num_workers=1, device="cpu")]
+    assert seen == [before]
+    # -1: the cores the workers leave, at least one, given back afterwards
+    monkeypatch.setattr(extract_module, "TORCH_THREADS_BESIDE_WORKERS", -1)
     seen = []
     for b in extract(model, spec, ds.samples[:10], ds.classes, batch_size=5, num_workers=1, device="cpu"):
         seen.append(torch.get_num_threads())
     assert seen == [min(before, max(1, (os.cpu_count() or 1) - 1))] * 2
     assert torch.get_num_threads() == before
-    # None leaves torch's setting alone
-    monkeypatch.setattr(extract_module, "TORCH_THREADS_BESIDE_WORKERS", None)
-    seen = [torch.get_num_threads() for _ in extract(model, spec, ds.samples[:5], ds.classes, batch_size=5, num_workers=1, device="cpu")]
-    assert seen == [before]
 
 
 def test_device_auto_selects_cpu_without_cuda():
