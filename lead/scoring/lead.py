@@ -271,7 +271,16 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     # only divides the squared norms the kernel needs, and the caller's float32/float64 features are read as
     # they are, in blocks, into the probe's own float64 buffer (no N x D float64 copy, no pass to rescale).
     fast = p.initial == "ridge" and not p.standardize and p.kernel == "expected"
-    x, enc = check_inputs(features, labels, where=where, copy=not fast)
+    # the fast path checks finiteness in its own first pass (_row_stats), not in a pass of its own
+    x, enc = check_inputs(features, labels, where=where, copy=not fast, finite=not fast)
+    # Canonical order: by a fixed random projection of the raw features (ties, i.e. identical rows, by
+    # class). It does not depend on the caller's order nor on the class names, so neither does any
+    # later step: folds, the kernel's per-class sample and the SVM's coordinate order.
+    direction = np.random.default_rng(12345).standard_normal(x.shape[1])
+    if fast:
+        proj, sq, mean = _row_stats(x, direction)
+        if not np.isfinite(sq).all():  # a NaN or Inf in a row makes its sum of squares NaN or Inf
+            check_matrix(x, name="features", where=where, copy=False)  # raises for NaN/Inf (not for an overflow)
     if p.normalize == "global" and not fast:
         x /= global_scale(x)  # x is check_inputs' own copy
     if class_kernel is not None:
@@ -297,13 +306,7 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
             "Add samples, drop the class, or use initial='svm_insample'."
         )
 
-    # Canonical order: by a fixed random projection of the raw features (ties, i.e. identical rows, by
-    # class). It does not depend on the caller's order nor on the class names, so neither does any
-    # later step: folds, the kernel's per-class sample and the SVM's coordinate order.
-    direction = np.random.default_rng(12345).standard_normal(x.shape[1])
-    if fast:
-        proj, sq, mean = _row_stats(x, direction)
-    else:
+    if not fast:
         proj = x @ direction
     order = np.lexsort((enc.codes, proj))
     ys = enc.codes[order]
@@ -418,10 +421,14 @@ def stratified_folds(codes: np.ndarray, n_classes: int, n_folds: int, seed: int)
     """Fold index of each sample, shape (N,), int64: within each class, a seeded permutation of its
     positions is dealt round-robin over ``n_folds`` folds. Depends only on class sizes and ``seed``."""
     folds = np.empty(codes.shape[0], dtype=np.int64)
+    by_class = np.argsort(codes, kind="stable")  # each class's positions, in increasing order
+    ends = np.cumsum(np.bincount(codes, minlength=n_classes))
+    dealt = {}  # the deal depends only on the class size (and seed): one permutation per distinct size
     for k in range(n_classes):
-        idx = np.nonzero(codes == k)[0]
-        perm = np.random.default_rng(seed).permutation(idx.size)
-        folds[idx] = perm % n_folds
+        size = int(ends[k] - (ends[k - 1] if k else 0))
+        if size not in dealt:
+            dealt[size] = np.random.default_rng(seed).permutation(size) % n_folds
+        folds[by_class[ends[k] - size:ends[k]]] = dealt[size]
     return folds
 
 
@@ -527,54 +534,63 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     Returns:
         shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
     """
-    from scipy import linalg as scipy_linalg
-    from scipy.special import softmax as softmax_rows  # lazy: a cached `lead rank` imports the registry, not scipy
+    from scipy.linalg import lapack  # lazy: a cached `lead rank` imports the registry, not scipy
     n = codes.shape[0]
     d = z.shape[1]
     n_folds = int(min(N_FOLDS, np.bincount(codes, minlength=n_classes).min()))
     folds = stratified_folds(codes, n_classes, n_folds, seed)
-    # positions grouped by fold, and by class within a fold: each fold is one slice of rows, each class
-    # one run of it (round-robin dealing puts every class in every fold)
+    # positions grouped by fold, and by class within a fold: each fold is one slice of rows, each (fold, class)
+    # one run of it, run f * K + k in rows starts[f * K + k] : starts[f * K + k + 1] (round-robin dealing
+    # puts every class in every fold)
     by_fold = np.lexsort((codes, folds))
-    bounds = np.searchsorted(folds[by_fold], np.arange(n_folds + 1))
+    starts = np.searchsorted((folds * n_classes + codes)[by_fold], np.arange(n_folds * n_classes + 1))
+    bounds = starts[::n_classes]
     # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold)
     gather = by_fold if rows is None else rows[by_fold]
     if mean is None:
         every = rows is None or rows.size == z.shape[0]  # a permutation of all rows: their mean
         mean = z.mean(axis=0, dtype=np.float64) if every else z[rows].mean(axis=0, dtype=np.float64)
     zf = np.empty((n, d))
+    run_sums = np.zeros((n_folds * n_classes, min(n, d)))  # Z^T Y per fold, transposed: row f * K + k
     step = max(1, BLOCK_VALUES // d)
     for a in range(0, n, step):
-        zf[a:a + step] = z[gather[a:a + step]]
-        zf[a:a + step] -= mean
+        block = zf[a:a + step]
+        np.subtract(z[gather[a:a + step]], mean, out=block)  # float32 rows are converted exactly, in cache
+        if d <= n:
+            _add_run_sums(block, a, starts, run_sums)
     if d > n:
         w, v = np.linalg.eigh(zf @ zf.T)
         zf = v * np.sqrt(np.maximum(w, 0.0))
-    cf = codes[by_fold]
+        _add_run_sums(zf, 0, starts, run_sums)
     slices = [slice(int(bounds[f]), int(bounds[f + 1])) for f in range(n_folds)]
     grams = [zf[s].T @ zf[s] for s in slices]  # symmetric products (BLAS syrk); their sum is the full Gram
-    counts = [np.bincount(cf[s], minlength=n_classes) for s in slices]  # Y^T 1 per fold
-    cross = []  # Z^T Y per fold, as class sums over each class's run of rows
-    for s, c in zip(slices, counts):
-        ends = s.start + np.cumsum(c)
-        cross.append(np.stack([zf[a - m:a].sum(axis=0) for a, m in zip(ends, c)], axis=1))
-    sums = [c_.sum(axis=1) for c_ in cross]
-    g_all, c_all, s_all, y_all = sum(grams), sum(cross), sum(sums), sum(counts)
+    cross = run_sums.reshape(n_folds, n_classes, -1)  # (fold, K, D): Y^T Z of each fold
+    counts = np.diff(starts).reshape(n_folds, n_classes)  # Y^T 1 of each fold
+    sums = cross.sum(axis=1)  # 1^T Z of each fold
+    g_all, c_all, s_all, y_all = sum(grams), cross.sum(axis=0), sums.sum(axis=0), counts.sum(axis=0)
     out = np.empty((n, n_classes))
     for f, s in enumerate(slices):
         n_train = n - (s.stop - s.start)
         mean = (s_all - sums[f]) / n_train
         ybar = (y_all - counts[f]) / n_train
-        gram = g_all - grams[f] - n_train * np.outer(mean, mean)
-        rhs = c_all - cross[f] - n_train * np.outer(mean, ybar)
+        gram = g_all - grams[f] - n_train * np.outer(mean, mean)  # exactly symmetric
+        rhs_t = c_all - cross[f] - n_train * np.outer(ybar, mean)  # (K, D): Zc^T Yc transposed
         trace = float(np.trace(gram))
         lam = alpha * trace / d if trace > 0 else 1.0  # constant features: W = 0, P0 from the class priors
         gram.flat[:: gram.shape[0] + 1] += lam
-        w = scipy_linalg.cho_solve(scipy_linalg.cho_factor(gram, overwrite_a=True, check_finite=False), rhs,
-                                   overwrite_b=True, check_finite=False)
-        out[s] = zf[s] @ w + (ybar - mean @ w)
-    tau = fit_temperature(out, cf)
-    # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts)
+        # LAPACK on the Fortran-ordered views (gram is symmetric, gram.T the same matrix): no transposed copies
+        chol, info = lapack.dpotrf(gram.T, lower=1, overwrite_a=1, clean=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"ridge probe: the training Gram matrix of fold {f} is not positive definite (dpotrf info {info}).")
+        w, info = lapack.dpotrs(chol, rhs_t.T, lower=1, overwrite_b=1)  # (D, K)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"ridge probe: dpotrs failed on fold {f} (info {info}).")
+        np.matmul(zf[s], w, out=out[s])
+        out[s] += ybar - mean @ w
+    tau = fit_temperature(out, codes[by_fold])
+    # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts; the
+    # two normalisations stay as they are: where the probe separates the classes, 1 - P0_i[y_i] is ~1e-10 and
+    # the score carries those last bits)
     out -= out.max(axis=1, keepdims=True)
     out *= tau
     np.exp(out, out=out)
@@ -584,6 +600,24 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     p0 = np.empty_like(out)
     p0[by_fold] = out
     return p0
+
+
+def _add_run_sums(block: np.ndarray, first: int, starts: np.ndarray, sums: np.ndarray) -> None:
+    """Add the column sums of each run of rows in ``block`` to ``sums`` (in place).
+
+    Args:
+        block: rows ``first : first + len(block)`` of a matrix whose rows are grouped in runs, float64 (B, D).
+        first: the position of the block's first row.
+        starts: run r covers rows starts[r] : starts[r + 1], shape (R + 1,), non-decreasing (empty runs allowed).
+        sums: shape (R, D), float64; row r receives the sum of run r's rows in the block.
+    """
+    end = first + block.shape[0]
+    for r in range(int(np.searchsorted(starts, first, side="right")) - 1, len(starts) - 1):
+        a, b = max(int(starts[r]), first), min(int(starts[r + 1]), end)
+        if a >= end:
+            break
+        if b > a:
+            sums[r] += block[a - first:b - first].sum(axis=0)  # (np.add.reduceat along axis 0 is 4x slower)
 
 
 def fit_temperature(r: np.ndarray, codes: np.ndarray) -> float:
