@@ -569,12 +569,18 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     sums = cross.sum(axis=1)  # 1^T Z of each fold
     g_all, c_all, s_all, y_all = sum(grams), cross.sum(axis=0), sums.sum(axis=0), counts.sum(axis=0)
     out = np.empty((n, n_classes))
+    gram, rhs_t = np.empty_like(g_all), np.empty_like(c_all)  # reused across folds (no fresh pages per fold)
+    outer, outer_t = np.empty_like(g_all), np.empty_like(c_all)
     for f, s in enumerate(slices):
         n_train = n - (s.stop - s.start)
         mean = (s_all - sums[f]) / n_train
         ybar = (y_all - counts[f]) / n_train
-        gram = g_all - grams[f] - n_train * np.outer(mean, mean)  # exactly symmetric
-        rhs_t = c_all - cross[f] - n_train * np.outer(ybar, mean)  # (K, D): Zc^T Yc transposed
+        # gram = g_all - grams[f] - n_train * outer(mean, mean), exactly symmetric; rhs_t = c_all - cross[f] -
+        # n_train * outer(ybar, mean), shape (K, D): Zc^T Yc transposed
+        np.subtract(g_all, grams[f], out=gram)
+        gram -= np.multiply(np.multiply.outer(mean, mean, out=outer), n_train, out=outer)
+        np.subtract(c_all, cross[f], out=rhs_t)
+        rhs_t -= np.multiply(np.multiply.outer(ybar, mean, out=outer_t), n_train, out=outer_t)
         trace = float(np.trace(gram))
         lam = alpha * trace / d if trace > 0 else 1.0  # constant features: W = 0, P0 from the class priors
         gram.flat[:: gram.shape[0] + 1] += lam
@@ -590,15 +596,19 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     tau = fit_temperature(out, codes[by_fold])
     # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts; the
     # two normalisations stay as they are: where the probe separates the classes, 1 - P0_i[y_i] is ~1e-10 and
-    # the score carries those last bits)
-    out -= out.max(axis=1, keepdims=True)
-    out *= tau
-    np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
-    np.maximum(out, PROB_FLOOR, out=out)
-    out /= out.sum(axis=1, keepdims=True)
+    # the score carries those last bits), in row blocks that stay in cache across the passes, each scattered
+    # back to canonical order
     p0 = np.empty_like(out)
-    p0[by_fold] = out
+    step = max(1, BLOCK_VALUES // (4 * n_classes))
+    for a in range(0, n, step):
+        block = out[a:a + step]
+        block -= block.max(axis=1, keepdims=True)
+        block *= tau
+        np.exp(block, out=block)
+        block /= block.sum(axis=1, keepdims=True)
+        np.maximum(block, PROB_FLOOR, out=block)
+        block /= block.sum(axis=1, keepdims=True)
+        p0[by_fold[a:a + step]] = block
     return p0
 
 
@@ -612,12 +622,12 @@ def _add_run_sums(block: np.ndarray, first: int, starts: np.ndarray, sums: np.nd
         sums: shape (R, D), float64; row r receives the sum of run r's rows in the block.
     """
     end = first + block.shape[0]
-    for r in range(int(np.searchsorted(starts, first, side="right")) - 1, len(starts) - 1):
-        a, b = max(int(starts[r]), first), min(int(starts[r + 1]), end)
-        if a >= end:
-            break
+    lo, hi = np.searchsorted(starts, [first, end], side="right")
+    bounds = starts[lo - 1:hi + 1].tolist()  # the runs that meet the block (Python ints: a short loop)
+    for r, a, b in zip(range(lo - 1, hi), bounds[:-1], bounds[1:]):
+        a, b = max(a, first) - first, min(b, end) - first
         if b > a:
-            sums[r] += block[a - first:b - first].sum(axis=0)  # (np.add.reduceat along axis 0 is 4x slower)
+            sums[r] += block[a:b].sum(axis=0)  # (np.add.reduceat along axis 0 is 4x slower)
 
 
 def fit_temperature(r: np.ndarray, codes: np.ndarray) -> float:
@@ -640,17 +650,18 @@ def fit_temperature(r: np.ndarray, codes: np.ndarray) -> float:
     if every > 1:
         r, codes = r[::every], codes[::every]
     n = r.shape[0]
-    rc = r - r.max(axis=1, keepdims=True)  # <= 0: exp(tau rc) never overflows for tau > 0
+    # (K, n): the per-row sums below become K contiguous vector additions (2x faster than row reductions)
+    rc = (r - r.max(axis=1, keepdims=True)).T.copy()  # <= 0: exp(tau rc) never overflows for tau > 0
     rc2 = rc * rc
-    ry = rc[np.arange(n), codes]
+    ry = rc[codes, np.arange(n)]
     e = np.empty_like(rc)
     tau = 1.0
     for _ in range(TEMPERATURE_MAX_ITER):
         np.multiply(rc, tau, out=e)
         np.exp(e, out=e)
-        z = e.sum(axis=1)
-        m1 = np.einsum("ij,ij->i", e, rc) / z
-        m2 = np.einsum("ij,ij->i", e, rc2) / z
+        z = e.sum(axis=0)
+        m1 = np.einsum("ij,ij->j", e, rc) / z
+        m2 = np.einsum("ij,ij->j", e, rc2) / z
         grad = float((ry - m1).sum())
         curv = float((m2 - m1 * m1).sum())
         if curv <= 0.0 or not math.isfinite(curv):  # every row constant, or each softmax one-hot
