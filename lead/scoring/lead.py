@@ -308,7 +308,7 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
 
     if not fast:
         proj = x @ direction
-    order = np.lexsort((enc.codes, proj))
+    order = _canonical_order(proj, enc.codes)
     ys = enc.codes[order]
     k = enc.n_classes
     if fast:
@@ -378,6 +378,16 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
         params=p,
         per_sample=per_sample[inverse],
     )
+
+
+def _canonical_order(proj: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``np.lexsort((codes, proj))``: positions by projection, equal projections (identical rows) by class, then
+    by position; one stable sort of ``proj`` (half the work) unless two projections are equal."""
+    order = np.argsort(proj, kind="stable")
+    ranked = proj[order]
+    if (ranked[1:] == ranked[:-1]).any():
+        order = np.lexsort((codes, proj))
+    return order
 
 
 def lead_terms(features, labels, **knobs) -> tuple[float, np.ndarray]:
@@ -542,7 +552,7 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     # positions grouped by fold, and by class within a fold: each fold is one slice of rows, each (fold, class)
     # one run of it, run f * K + k in rows starts[f * K + k] : starts[f * K + k + 1] (round-robin dealing
     # puts every class in every fold)
-    by_fold = np.lexsort((codes, folds))
+    by_fold = np.argsort(folds * n_classes + codes, kind="stable")  # = np.lexsort((codes, folds)), one key
     starts = np.searchsorted((folds * n_classes + codes)[by_fold], np.arange(n_folds * n_classes + 1))
     bounds = starts[::n_classes]
     # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold)
