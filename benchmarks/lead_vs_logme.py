@@ -6,6 +6,9 @@
 Same data as benchmarks/scores.py (Gaussian class clusters). At each point the two scores run on the same
 arrays, alternating (lead, logme, lead, logme, ...), so load from other processes hits both alike; the
 figure reported is the median over repeats of the paired ratio lead / logme (and the median seconds).
+Both scores run single-threaded, so each call's CPU time (``time.process_time``) is recorded too: on a
+machine shared with other work it is what the wall time would be without the others, and the ratio of
+CPU times (``ratio_cpu``) is the steadier figure there.
 ``--old`` adds LEAD with ``initial="logreg"`` (the default before issue #18), timed the same way.
 Writes benchmarks/results/lead_vs_logme.json.
 """
@@ -31,9 +34,12 @@ from lead.scoring import get_method, lead_score  # noqa: E402
 GRID = [(n, d, k) for d in (512, 2048) for k in (10, 100) for n in (1000, 10000, 50000)]
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
+def timed(fn, cpu: list | None = None) -> float:
+    """Wall seconds of ``fn()``; its CPU seconds (this process) are appended to ``cpu`` when given."""
+    started, started_cpu = time.perf_counter(), time.process_time()
     fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - started_cpu)
     return time.perf_counter() - started
 
 
@@ -49,20 +55,25 @@ def main(argv=None) -> list[dict]:
     for n, d, k in [g for g in GRID if g[0] <= args.max_n]:
         x, _, y = make_data(n, d, k)
         runs = {"lead": [], "logme": [], "lead_logreg": []}
+        cpu = {"lead": [], "logme": []}
         for _ in range(args.repeats):
-            runs["lead"].append(timed(lambda: lead(features=x, labels=y)))
-            runs["logme"].append(timed(lambda: logme(features=x, labels=y)))
+            runs["lead"].append(timed(lambda: lead(features=x, labels=y), cpu["lead"]))
+            runs["logme"].append(timed(lambda: logme(features=x, labels=y), cpu["logme"]))
             if args.old:
                 runs["lead_logreg"].append(timed(lambda: lead_score(x, y, initial="logreg")))
         ratios = [a / b for a, b in zip(runs["lead"], runs["logme"])]
+        ratios_cpu = [a / b for a, b in zip(cpu["lead"], cpu["logme"])]
         row = {"n": n, "d": d, "k": k, "lead": statistics.median(runs["lead"]), "logme": statistics.median(runs["logme"]),
-               "ratio": statistics.median(ratios), "ratio_max": max(ratios), "runs": runs}
+               "ratio": statistics.median(ratios), "ratio_max": max(ratios), "lead_cpu": statistics.median(cpu["lead"]),
+               "logme_cpu": statistics.median(cpu["logme"]), "ratio_cpu": statistics.median(ratios_cpu), "runs": runs,
+               "runs_cpu": cpu}
         if args.old:
             row["lead_logreg"] = statistics.median(runs["lead_logreg"])
             row["ratio_logreg"] = statistics.median(a / b for a, b in zip(runs["lead_logreg"], runs["logme"]))
         rows.append(row)
         print(f"N={n} D={d} K={k}: lead {row['lead']:.3f} s, logme {row['logme']:.3f} s, ratio {row['ratio']:.2f} "
-              f"(max {row['ratio_max']:.2f})" + (f"; logreg {row['lead_logreg']:.2f} s ({row['ratio_logreg']:.1f}x)" if args.old else ""),
+              f"(max {row['ratio_max']:.2f}); CPU lead {row['lead_cpu']:.3f} s, logme {row['logme_cpu']:.3f} s, "
+              f"ratio {row['ratio_cpu']:.2f}" + (f"; logreg {row['lead_logreg']:.2f} s ({row['ratio_logreg']:.1f}x)" if args.old else ""),
               flush=True)
     out = {"machine": {"platform": platform.platform(), "python": platform.python_version()},
            "lead_params": get_method("lead").params, "repeats": args.repeats, "rows": rows}

@@ -68,12 +68,15 @@ def encode_labels(labels: Sequence[Hashable] | np.ndarray, *, where: str = "labe
     return Labels(codes=codes, classes=classes, counts=counts)
 
 
-def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score", copy: bool = True) -> np.ndarray:
+def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score", copy: bool = True,
+                 finite: bool = True) -> np.ndarray:
     """Return ``x`` as a new C-contiguous float64 (N, D) array after checking shape and finiteness.
 
     With ``copy=False`` a float32 or float64 ndarray is checked and returned as it is, not converted: for a
     score that reads the features once into its own float64 buffers (LEAD's probe), so that no N x D float64
-    copy is made; the caller must not modify it.
+    copy is made; the caller must not modify it. With ``finite=False`` the finiteness check (a pass over
+    the N x D values) is left to the caller, who must call this again with ``finite=True`` when its own pass
+    finds a non-finite value (LEAD's row statistics: a finite sum of squares means a finite row).
 
     Raises:
         InputError: not two-dimensional, zero columns, wrong number of rows, or NaN/Inf values.
@@ -93,8 +96,8 @@ def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score
         raise InputError(
             f"{where}: {name} must have one row per label; got {arr.shape[0]} rows for {n_rows} labels."
         )
-    bad = ~np.isfinite(arr)
-    if bad.any():
+    bad = ~np.isfinite(arr) if finite else None
+    if bad is not None and bad.any():
         rows = np.unique(np.nonzero(bad)[0])
         raise InputError(
             f"{where}: {name} must be finite; got NaN or Inf in {rows.size} of {arr.shape[0]} rows "
@@ -104,12 +107,13 @@ def check_matrix(x, *, name: str, n_rows: int | None = None, where: str = "score
 
 
 def check_inputs(
-    features, labels, *, where: str, min_classes: int = 2, name: str = "features", copy: bool = True
+    features, labels, *, where: str, min_classes: int = 2, name: str = "features", copy: bool = True,
+    finite: bool = True,
 ) -> tuple[np.ndarray, Labels]:
     """Validate a (features, labels) pair once, where it enters a score.
 
     ``name`` is what the matrix is called in messages (``"logits"`` for scores of the source head);
-    ``copy=False``: see :func:`check_matrix`.
+    ``copy=False``, ``finite=False``: see :func:`check_matrix`.
 
     Returns:
         (features as a new float64 (N, D) array, or the caller's float array with ``copy=False``; encoded labels).
@@ -117,7 +121,7 @@ def check_inputs(
         InputError: see :func:`encode_labels` and :func:`check_matrix`; fewer than ``min_classes`` classes.
     """
     enc = encode_labels(labels, where=where)
-    x = check_matrix(features, name=name, n_rows=enc.codes.shape[0], where=where, copy=copy)
+    x = check_matrix(features, name=name, n_rows=enc.codes.shape[0], where=where, copy=copy, finite=finite)
     if enc.n_classes < min_classes:
         raise InputError(
             f"{where}: labels must contain at least {min_classes} classes; got {enc.n_classes} "

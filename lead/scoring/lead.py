@@ -271,7 +271,16 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     # only divides the squared norms the kernel needs, and the caller's float32/float64 features are read as
     # they are, in blocks, into the probe's own float64 buffer (no N x D float64 copy, no pass to rescale).
     fast = p.initial == "ridge" and not p.standardize and p.kernel == "expected"
-    x, enc = check_inputs(features, labels, where=where, copy=not fast)
+    # the fast path checks finiteness in its own first pass (_row_stats), not in a pass of its own
+    x, enc = check_inputs(features, labels, where=where, copy=not fast, finite=not fast)
+    # Canonical order: by a fixed random projection of the raw features (ties, i.e. identical rows, by
+    # class). It does not depend on the caller's order nor on the class names, so neither does any
+    # later step: folds, the kernel's per-class sample and the SVM's coordinate order.
+    direction = np.random.default_rng(12345).standard_normal(x.shape[1])
+    if fast:
+        proj, sq, mean = _row_stats(x, direction)
+        if not np.isfinite(sq).all():  # a NaN or Inf in a row makes its sum of squares NaN or Inf
+            check_matrix(x, name="features", where=where, copy=False)  # raises for NaN/Inf (not for an overflow)
     if p.normalize == "global" and not fast:
         x /= global_scale(x)  # x is check_inputs' own copy
     if class_kernel is not None:
@@ -297,15 +306,9 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
             "Add samples, drop the class, or use initial='svm_insample'."
         )
 
-    # Canonical order: by a fixed random projection of the raw features (ties, i.e. identical rows, by
-    # class). It does not depend on the caller's order nor on the class names, so neither does any
-    # later step: folds, the kernel's per-class sample and the SVM's coordinate order.
-    direction = np.random.default_rng(12345).standard_normal(x.shape[1])
-    if fast:
-        proj, sq, mean = _row_stats(x, direction)
-    else:
+    if not fast:
         proj = x @ direction
-    order = np.lexsort((enc.codes, proj))
+    order = _canonical_order(proj, enc.codes)
     ys = enc.codes[order]
     k = enc.n_classes
     if fast:
@@ -377,6 +380,16 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     )
 
 
+def _canonical_order(proj: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``np.lexsort((codes, proj))``: positions by projection, equal projections (identical rows) by class, then
+    by position; one stable sort of ``proj`` (half the work) unless two projections are equal."""
+    order = np.argsort(proj, kind="stable")
+    ranked = proj[order]
+    if (ranked[1:] == ranked[:-1]).any():
+        order = np.lexsort((codes, proj))
+    return order
+
+
 def lead_terms(features, labels, **knobs) -> tuple[float, np.ndarray]:
     """:func:`lead_score` (same arguments and errors) and its per-sample terms: (score, terms of shape (N,),
     float64, in the caller's sample order). ``score`` is exactly :func:`lead_score`'s value and the mean of
@@ -418,10 +431,14 @@ def stratified_folds(codes: np.ndarray, n_classes: int, n_folds: int, seed: int)
     """Fold index of each sample, shape (N,), int64: within each class, a seeded permutation of its
     positions is dealt round-robin over ``n_folds`` folds. Depends only on class sizes and ``seed``."""
     folds = np.empty(codes.shape[0], dtype=np.int64)
+    by_class = np.argsort(codes, kind="stable")  # each class's positions, in increasing order
+    ends = np.cumsum(np.bincount(codes, minlength=n_classes))
+    dealt = {}  # the deal depends only on the class size (and seed): one permutation per distinct size
     for k in range(n_classes):
-        idx = np.nonzero(codes == k)[0]
-        perm = np.random.default_rng(seed).permutation(idx.size)
-        folds[idx] = perm % n_folds
+        size = int(ends[k] - (ends[k - 1] if k else 0))
+        if size not in dealt:
+            dealt[size] = np.random.default_rng(seed).permutation(size) % n_folds
+        folds[by_class[ends[k] - size:ends[k]]] = dealt[size]
     return folds
 
 
@@ -527,63 +544,108 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     Returns:
         shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
     """
-    from scipy import linalg as scipy_linalg
-    from scipy.special import softmax as softmax_rows  # lazy: a cached `lead rank` imports the registry, not scipy
+    from scipy.linalg import blas, lapack  # lazy: a cached `lead rank` imports the registry, not scipy
     n = codes.shape[0]
     d = z.shape[1]
     n_folds = int(min(N_FOLDS, np.bincount(codes, minlength=n_classes).min()))
     folds = stratified_folds(codes, n_classes, n_folds, seed)
-    # positions grouped by fold, and by class within a fold: each fold is one slice of rows, each class
-    # one run of it (round-robin dealing puts every class in every fold)
-    by_fold = np.lexsort((codes, folds))
-    bounds = np.searchsorted(folds[by_fold], np.arange(n_folds + 1))
+    # positions grouped by fold, and by class within a fold: each fold is one slice of rows, each (fold, class)
+    # one run of it, run f * K + k in rows starts[f * K + k] : starts[f * K + k + 1] (round-robin dealing
+    # puts every class in every fold)
+    by_fold = np.argsort(folds * n_classes + codes, kind="stable")  # = np.lexsort((codes, folds)), one key
+    starts = np.searchsorted((folds * n_classes + codes)[by_fold], np.arange(n_folds * n_classes + 1))
+    bounds = starts[::n_classes]
     # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold)
     gather = by_fold if rows is None else rows[by_fold]
     if mean is None:
         every = rows is None or rows.size == z.shape[0]  # a permutation of all rows: their mean
         mean = z.mean(axis=0, dtype=np.float64) if every else z[rows].mean(axis=0, dtype=np.float64)
     zf = np.empty((n, d))
+    run_sums = np.zeros((n_folds * n_classes, min(n, d)))  # Z^T Y per fold, transposed: row f * K + k
     step = max(1, BLOCK_VALUES // d)
     for a in range(0, n, step):
-        zf[a:a + step] = z[gather[a:a + step]]
-        zf[a:a + step] -= mean
+        block = zf[a:a + step]
+        np.subtract(z[gather[a:a + step]], mean, out=block)  # float32 rows are converted exactly, in cache
+        if d <= n:
+            _add_run_sums(block, a, starts, run_sums)
     if d > n:
         w, v = np.linalg.eigh(zf @ zf.T)
         zf = v * np.sqrt(np.maximum(w, 0.0))
-    cf = codes[by_fold]
+        _add_run_sums(zf, 0, starts, run_sums)
     slices = [slice(int(bounds[f]), int(bounds[f + 1])) for f in range(n_folds)]
-    grams = [zf[s].T @ zf[s] for s in slices]  # symmetric products (BLAS syrk); their sum is the full Gram
-    counts = [np.bincount(cf[s], minlength=n_classes) for s in slices]  # Y^T 1 per fold
-    cross = []  # Z^T Y per fold, as class sums over each class's run of rows
-    for s, c in zip(slices, counts):
-        ends = s.start + np.cumsum(c)
-        cross.append(np.stack([zf[a - m:a].sum(axis=0) for a, m in zip(ends, c)], axis=1))
-    sums = [c_.sum(axis=1) for c_ in cross]
-    g_all, c_all, s_all, y_all = sum(grams), sum(cross), sum(sums), sum(counts)
+    # Zf^T Zf of each fold by BLAS syrk on the Fortran view of its rows (no copy): the lower triangle only, in a
+    # Fortran-ordered (D, D) array, which is all the Cholesky factorisation below reads (the upper triangle
+    # stays zero; numpy's `zf[s].T @ zf[s]` computes the same triangle and then copies it over)
+    grams = [blas.dsyrk(1.0, zf[s].T, trans=0, lower=1) for s in slices]  # their sum is the full Gram
+    cross = run_sums.reshape(n_folds, n_classes, -1)  # (fold, K, D): Y^T Z of each fold
+    counts = np.diff(starts).reshape(n_folds, n_classes)  # Y^T 1 of each fold
+    sums = cross.sum(axis=1)  # 1^T Z of each fold
+    g_all, c_all, s_all, y_all = sum(grams), cross.sum(axis=0), sums.sum(axis=0), counts.sum(axis=0)
     out = np.empty((n, n_classes))
+    gram, rhs_t = np.empty_like(g_all), np.empty_like(c_all)  # reused across folds (no fresh pages per fold)
+    outer, outer_t = np.empty_like(g_all), np.empty_like(c_all)
     for f, s in enumerate(slices):
         n_train = n - (s.stop - s.start)
         mean = (s_all - sums[f]) / n_train
         ybar = (y_all - counts[f]) / n_train
-        gram = g_all - grams[f] - n_train * np.outer(mean, mean)
-        rhs = c_all - cross[f] - n_train * np.outer(mean, ybar)
+        # gram = g_all - grams[f] - n_train * outer(mean, mean) (its lower triangle is the training Gram matrix;
+        # Fortran order); rhs_t = c_all - cross[f] - n_train * outer(ybar, mean), shape (K, D): Zc^T Yc transposed
+        np.subtract(g_all, grams[f], out=gram)
+        gram -= np.multiply(np.multiply.outer(mean, mean, out=outer), n_train, out=outer)
+        np.subtract(c_all, cross[f], out=rhs_t)
+        rhs_t -= np.multiply(np.multiply.outer(ybar, mean, out=outer_t), n_train, out=outer_t)
         trace = float(np.trace(gram))
         lam = alpha * trace / d if trace > 0 else 1.0  # constant features: W = 0, P0 from the class priors
         gram.flat[:: gram.shape[0] + 1] += lam
-        w = scipy_linalg.cho_solve(scipy_linalg.cho_factor(gram, overwrite_a=True, check_finite=False), rhs,
-                                   overwrite_b=True, check_finite=False)
-        out[s] = zf[s] @ w + (ybar - mean @ w)
-    tau = fit_temperature(out, cf)
-    # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts)
-    out -= out.max(axis=1, keepdims=True)
-    out *= tau
-    np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
-    np.maximum(out, PROB_FLOOR, out=out)
-    out /= out.sum(axis=1, keepdims=True)
+        # LAPACK on Fortran-ordered arrays (gram, and the view rhs_t.T): no transposed copies
+        chol, info = lapack.dpotrf(gram, lower=1, overwrite_a=1, clean=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"ridge probe: the training Gram matrix of fold {f} is not positive definite (dpotrf info {info}).")
+        w, info = lapack.dpotrs(chol, rhs_t.T, lower=1, overwrite_b=1)  # (D, K)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"ridge probe: dpotrs failed on fold {f} (info {info}).")
+        np.matmul(zf[s], w, out=out[s])
+        out[s] += ybar - mean @ w
+    tau = fit_temperature(out, codes[by_fold])
+    # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts; the
+    # two normalisations stay as they are: where the probe separates the classes, 1 - P0_i[y_i] is ~1e-10 and
+    # the score carries those last bits), in row blocks that stay in cache across the passes, each scattered
+    # back to canonical order
     p0 = np.empty_like(out)
-    p0[by_fold] = out
+    step = max(1, BLOCK_VALUES // (4 * n_classes))
+    for a in range(0, n, step):
+        block = out[a:a + step]
+        block -= block.max(axis=1, keepdims=True)
+        block *= tau
+        np.exp(block, out=block)
+        block /= block.sum(axis=1, keepdims=True)
+        np.maximum(block, PROB_FLOOR, out=block)
+        block /= block.sum(axis=1, keepdims=True)
+        p0[by_fold[a:a + step]] = block
     return p0
+
+
+#: A row of ones for the column sums of :func:`_add_run_sums` (a gathered block has at most this many rows).
+ONES = np.ones(BLOCK_VALUES)
+
+
+def _add_run_sums(block: np.ndarray, first: int, starts: np.ndarray, sums: np.ndarray) -> None:
+    """Add the column sums of each run of rows in ``block`` to ``sums`` (in place).
+
+    Args:
+        block: rows ``first : first + len(block)`` of a matrix whose rows are grouped in runs, float64 (B, D).
+        first: the position of the block's first row.
+        starts: run r covers rows starts[r] : starts[r + 1], shape (R + 1,), non-decreasing (empty runs allowed).
+        sums: shape (R, D), float64; row r receives the sum of run r's rows in the block.
+    """
+    end = first + block.shape[0]
+    lo, hi = np.searchsorted(starts, [first, end], side="right")
+    bounds = starts[lo - 1:hi + 1].tolist()  # the runs that meet the block (Python ints: a short loop)
+    for r, a, b in zip(range(lo - 1, hi), bounds[:-1], bounds[1:]):
+        a, b = max(a, first) - first, min(b, end) - first
+        if b > a:
+            ones = ONES[:b - a] if b - a <= ONES.size else np.ones(b - a)
+            sums[r] += ones @ block[a:b]  # BLAS gemv: 2x numpy's sum(axis=0), 4x np.add.reduceat
 
 
 def fit_temperature(r: np.ndarray, codes: np.ndarray) -> float:
@@ -606,17 +668,18 @@ def fit_temperature(r: np.ndarray, codes: np.ndarray) -> float:
     if every > 1:
         r, codes = r[::every], codes[::every]
     n = r.shape[0]
-    rc = r - r.max(axis=1, keepdims=True)  # <= 0: exp(tau rc) never overflows for tau > 0
+    # (K, n): the per-row sums below become K contiguous vector additions (2x faster than row reductions)
+    rc = (r - r.max(axis=1, keepdims=True)).T.copy()  # <= 0: exp(tau rc) never overflows for tau > 0
     rc2 = rc * rc
-    ry = rc[np.arange(n), codes]
+    ry = rc[codes, np.arange(n)]
     e = np.empty_like(rc)
     tau = 1.0
     for _ in range(TEMPERATURE_MAX_ITER):
         np.multiply(rc, tau, out=e)
         np.exp(e, out=e)
-        z = e.sum(axis=1)
-        m1 = np.einsum("ij,ij->i", e, rc) / z
-        m2 = np.einsum("ij,ij->i", e, rc2) / z
+        z = e.sum(axis=0)
+        m1 = np.einsum("ij,ij->j", e, rc) / z
+        m2 = np.einsum("ij,ij->j", e, rc2) / z
         grad = float((ry - m1).sum())
         curv = float((m2 - m1 * m1).sum())
         if curv <= 0.0 or not math.isfinite(curv):  # every row constant, or each softmax one-hot

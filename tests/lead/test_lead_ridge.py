@@ -149,3 +149,51 @@ def test_the_score_alone_equals_the_detailed_evaluation(knobs):
     # lead_score skips the N x K evolved state (only the true class's entry enters step 5)
     x, y = _data()
     assert lead_score(x, y, **knobs) == lead_details(x, y, **knobs).score
+
+
+def test_the_blocked_probe_equals_one_block_and_sklearn(monkeypatch):
+    # the probe gathers rows, and sums each (fold, class) run, in blocks of BLOCK_VALUES // D rows; blocks of a
+    # few rows cut runs across blocks, and the result must not change (beyond round-off)
+    import lead.scoring.lead as lead_module
+
+    x, y = _data(150, 20, k=3, seed=2)
+    whole = ridge_initial_state(x, y, 3, seed=0)
+    monkeypatch.setattr(lead_module, "BLOCK_VALUES", 7 * 20)  # 7 rows a block
+    np.testing.assert_allclose(ridge_initial_state(x, y, 3, seed=0), whole, rtol=1e-10, atol=1e-12)
+    r = _sklearn_oof(x, y, 3, 1.0)
+    np.testing.assert_allclose(ridge_initial_state(x, y, 3, seed=0), softmax(_scipy_temperature(r, y) * r, axis=1), atol=1e-6)
+
+
+def test_run_sums_by_block_equal_the_direct_sums_with_empty_runs():
+    from lead.scoring.lead import _add_run_sums
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        n, runs = int(rng.integers(1, 200)), int(rng.integers(1, 12))
+        starts = np.r_[0, np.sort(rng.integers(0, n + 1, runs - 1)), n]  # repeated starts: empty runs
+        z = rng.standard_normal((n, 4))
+        got = np.zeros((runs, 4))
+        step = int(rng.integers(1, 40))
+        for a in range(0, n, step):
+            _add_run_sums(z[a:a + step], a, starts, got)
+        want = np.array([z[starts[r]:starts[r + 1]].sum(axis=0) for r in range(runs)])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_canonical_order_is_the_lexsort_also_with_tied_projections():
+    from lead.scoring.lead import _canonical_order
+
+    rng = np.random.default_rng(4)
+    proj = rng.standard_normal(300)
+    codes = rng.integers(0, 5, 300)
+    np.testing.assert_array_equal(_canonical_order(proj, codes), np.lexsort((codes, proj)))
+    proj[::3] = proj[0]  # identical rows project alike: ties broken by class, then position
+    np.testing.assert_array_equal(_canonical_order(proj, codes), np.lexsort((codes, proj)))
+
+
+def test_a_nan_in_float32_features_is_caught_by_the_probe_pass():
+    x, y = _data()
+    x = x.astype(np.float32)
+    x[7, 3] = np.inf
+    with pytest.raises(InputError, match=r"features must be finite; got NaN or Inf in 1 of 150 rows \(first: row 7\)"):
+        lead_score(x, y)
