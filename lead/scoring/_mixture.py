@@ -99,20 +99,35 @@ _SKIP_NATS = 800.0
 
 
 #: Columns of each precision's Cholesky factor U used for the lower bound of the Mahalanobis distances.
-_BOUND_COLUMNS = 24
+_BOUND_COLUMNS = 8
+#: Rows per block of the bound (its N x M x _BOUND_COLUMNS products are computed a block at a time).
+_BOUND_ROWS = 2048
 
 
-def _mahalanobis_lower(x: np.ndarray, xnorm: np.ndarray, mean: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
-    """A lower bound of ||(x_i - mu) U||^2 for every row: the sum over a few columns j of U (those of
-    largest norm) of ((x_i - mu) . U_j)^2, each term shrunk by a bound of its round-off."""
-    p = prec_chol.shape[0]
-    norms = np.sqrt(np.square(prec_chol).sum(axis=0))
-    cols = np.argsort(norms)[-_BOUND_COLUMNS:] if p > _BOUND_COLUMNS else np.arange(p)
-    u = prec_chol[:, cols]
-    z = np.abs(x @ u - mean @ u)
-    # |error| <= ~p eps (|x| + |mu|) |U_j|; 1e-11 covers p up to ~1e4 with a wide margin
-    z -= 1e-11 * (xnorm[:, None] + np.sqrt(mean @ mean)) * norms[cols]
-    return np.square(np.maximum(z, 0.0)).sum(axis=1)
+def _upper_log_prob(x: np.ndarray, means: np.ndarray, prec_chol: np.ndarray, const: np.ndarray) -> np.ndarray:
+    """An upper bound of const_k - ||(x_i - mu_k) U_k||^2 / 2 for every (i, k): the squared norm is bounded
+    below by its sum over a few columns j of U_k (those of largest norm) of ((x_i - mu_k) . U_kj)^2, each
+    term shrunk by a bound of its round-off. One product with all components' columns, by row blocks."""
+    n, p = x.shape
+    m = means.shape[0]
+    c = min(p, _BOUND_COLUMNS)
+    norms = np.sqrt(np.square(prec_chol).sum(axis=1))  # (M, p): column norms of each U_k
+    cols = np.argsort(norms, axis=1)[:, -c:]
+    u = np.take_along_axis(prec_chol, cols[:, None, :], axis=2)  # (M, p, c)
+    shift = np.einsum("kp,kpc->kc", means, u)  # mu_k . U_kj
+    slack_u = np.take_along_axis(norms, cols, axis=1)  # |U_kj|
+    mean_norm = np.sqrt(np.square(means).sum(axis=1))
+    u = u.transpose(1, 0, 2).reshape(p, m * c)
+    upper = np.empty((n, m))
+    xnorm = np.sqrt(np.square(x).sum(axis=1))
+    for start in range(0, n, _BOUND_ROWS):
+        block = slice(start, min(n, start + _BOUND_ROWS))
+        z = np.abs((x[block] @ u).reshape(-1, m, c) - shift)
+        # |error| <= ~p eps (|x| + |mu|) |U_j|; 1e-11 covers p up to ~1e4 with a wide margin
+        z -= 1e-11 * (xnorm[block, None, None] + mean_norm[None, :, None]) * slack_u
+        np.maximum(z, 0.0, out=z)
+        upper[block] = const - 0.5 * np.square(z).sum(axis=2)
+    return upper
 
 
 def _exact_log_prob(x, rows, mean, prec_chol) -> np.ndarray:
@@ -137,7 +152,7 @@ def _weighted_log_prob(x: np.ndarray, weights, means, prec_chol) -> np.ndarray:
     provably more than _SKIP_NATS below their row's maximum are -inf (scikit-learn's finite value there
     gives exactly 0.0 after exp, in the log-sum-exp and in the responsibilities, as -inf does).
 
-    The bound (``_mahalanobis_lower``): ||(x - mu) U||^2 >= its sum over a few columns of U, cost
+    The bound (``_upper_log_prob``): ||(x - mu) U||^2 >= its sum over a few columns of U, cost
     O(N M p _BOUND_COLUMNS); the exact value is computed where the bound cannot exclude the entry."""
     n, p = x.shape
     m = means.shape[0]
@@ -145,13 +160,10 @@ def _weighted_log_prob(x: np.ndarray, weights, means, prec_chol) -> np.ndarray:
     log_det = np.log(prec_chol.reshape(m, -1)[:, :: p + 1]).sum(axis=1)
     log_w = np.log(weights)
     const = -0.5 * p_log_2pi + log_det + log_w
-    if p <= 2 * _BOUND_COLUMNS:  # the bound would cost as much as the values
+    if p <= 4 * _BOUND_COLUMNS:  # the bound would cost about as much as the values
         return _dense_weighted_log_prob(x, means, prec_chol, p_log_2pi, log_det, log_w)
     wlp = np.full((n, m), -np.inf)
-    xnorm = np.sqrt(np.square(x).sum(axis=1))
-    upper = np.empty((n, m))
-    for k in range(m):
-        upper[:, k] = const[k] - 0.5 * _mahalanobis_lower(x, xnorm, means[k], prec_chol[k])
+    upper = _upper_log_prob(x, means, prec_chol, const)
     upper += 1e-9 * np.abs(upper)  # the constant's round-off
     first = upper.argmax(axis=1)
     for k in np.unique(first):
