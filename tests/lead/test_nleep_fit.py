@@ -71,14 +71,14 @@ def test_nleep_with_the_own_em_matches_the_sklearn_pipeline_in_high_dimension():
     from lead.scoring.leep import leep_log_eep
 
     rng = np.random.default_rng(3)
-    k, d = 6, 256
-    labels = np.arange(600) % k
-    f = rng.standard_normal((k, d))[labels] + rng.standard_normal((600, d))
+    n, k, d = 500, 10, 64
+    labels = np.arange(n) % k
+    f = 0.6 * rng.standard_normal((k, d))[labels] + rng.standard_normal((n, d))
     order = np.argsort(f @ np.random.default_rng(ORDER_SEED).standard_normal(d), kind="stable")
     fs, ys = f[order], labels[order]
     fs = fs / np.sqrt(((fs - fs.mean(axis=0)) ** 2).mean())
     z = PCA(n_components=0.8, svd_solver="full").fit_transform(fs)
     posterior, _, _ = _sklearn(z, 5 * k, 0)
     expected = float(leep_log_eep(posterior, ys, k, where="test").mean())
-    assert math.isfinite(expected)
+    assert math.isfinite(expected) and expected < -0.1  # classes mixed in the components: a real test
     assert nleep(f, labels) == pytest.approx(expected, rel=1e-9, abs=0)
