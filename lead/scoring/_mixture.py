@@ -126,7 +126,7 @@ def _upper_log_prob(x: np.ndarray, means: np.ndarray, prec_chol: np.ndarray, con
         # |error| <= ~p eps (|x| + |mu|) |U_j|; 1e-11 covers p up to ~1e4 with a wide margin
         z -= 1e-11 * (xnorm[block, None, None] + mean_norm[None, :, None]) * slack_u
         np.maximum(z, 0.0, out=z)
-        upper[block] = const - 0.5 * np.square(z).sum(axis=2)
+        upper[block] = const - 0.5 * (1.0 - 1e-9) * np.square(z).sum(axis=2)  # the sum's round-off
     return upper
 
 
@@ -164,7 +164,7 @@ def _weighted_log_prob(x: np.ndarray, weights, means, prec_chol) -> np.ndarray:
         return _dense_weighted_log_prob(x, means, prec_chol, p_log_2pi, log_det, log_w)
     wlp = np.full((n, m), -np.inf)
     upper = _upper_log_prob(x, means, prec_chol, const)
-    upper += 1e-9 * np.abs(upper)  # the constant's round-off
+    upper += 1e-9 * np.abs(const)  # the constant's round-off
     first = upper.argmax(axis=1)
     for k in np.unique(first):
         rows = np.flatnonzero(first == k)
