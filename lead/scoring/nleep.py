@@ -66,8 +66,11 @@ def nleep(
         ScoreError: the mixture could not be fitted (scikit-learn's error is chained).
     Notes:
         A mixture that has not converged after 100 EM steps is used as it is (as the reference); the
-        warning is silenced. Cost per EM step O(N M p^2) with M = 5 K components and p PCA dimensions,
-        plus O(N D min(N, D)) for the PCA.
+        warning is silenced. The mixture is scikit-learn's, fitted by our own EM that repeats its steps
+        (lead/scoring/_mixture.py: posteriors within round-off of ``predict_proba``, skipping the
+        responsibilities and densities that are exactly 0.0 after ``exp``). Cost per EM step
+        O(N M p^2) with M = 5 K components and p PCA dimensions at most (about O(N p^2) when the
+        posteriors are nearly hard, as in high dimension), plus O(N D min(N, D)) for the PCA.
     """
     return nleep_terms(features, labels, variance=variance, components_per_class=components_per_class, seed=seed)[0]
 
@@ -86,7 +89,8 @@ def nleep_terms(
     all N samples."""
     from sklearn.decomposition import PCA
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
+
+    from lead.scoring._mixture import gaussian_mixture_posteriors
 
     where = "nleep"
     x, enc = check_inputs(features, labels, where=where)
@@ -116,8 +120,9 @@ def nleep_terms(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            gmm = GaussianMixture(n_components=m, covariance_type="full", random_state=seed).fit(reduced)
-            posterior = gmm.predict_proba(reduced)
+            # scikit-learn's GaussianMixture(m, covariance_type="full", random_state=seed).fit(reduced)
+            # .predict_proba(reduced), by our own EM (the same steps; lead/scoring/_mixture.py).
+            posterior, _, _ = gaussian_mixture_posteriors(reduced, m, seed=seed)
     except (ValueError, np.linalg.LinAlgError) as err:
         raise ScoreError(
             f"{where}: the Gaussian mixture must fit the PCA-reduced features; got {type(err).__name__}: {err}. "
