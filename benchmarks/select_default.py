@@ -88,7 +88,8 @@ def code_digest(name: str) -> str:
 
     scoring = ROOT / "lead" / "scoring"
     base = name.split("[")[0]
-    files = [scoring / "_validate.py", scoring / f"{base}.py"] + ([scoring / "leep.py"] if base == "nleep" else [])
+    files = [scoring / "_validate.py", scoring / f"{base}.py"] + (
+        [scoring / "leep.py", scoring / "_mixture.py"] if base == "nleep" else [])
     h = hashlib.sha256(json.dumps(LEAD_VARIANTS.get(name, {}), sort_keys=True).encode())
     for f in files:
         h.update(f.read_bytes())
