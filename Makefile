@@ -4,6 +4,9 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
+# `make test` runs the tests on this many pytest-xdist worker processes (TEST_WORKERS=0: in pytest's own process).
+# Each test file stays on one worker (--dist loadfile), so its module fixtures are built once.
+TEST_WORKERS ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lead-installed
 
@@ -31,7 +34,7 @@ bench-data:
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 
 test: $(STAMP) bench-data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean-store:
 	rm -rf lead-store
