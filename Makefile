@@ -4,6 +4,11 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
+# `make test` runs the tests on this many pytest-xdist worker processes (TEST_WORKERS=0: in pytest's own process).
+# Each test file stays on one worker (--dist loadfile), so its module fixtures are built once.
+TEST_WORKERS ?= 2
+# More pytest arguments for `make test`, e.g. PYTEST_ARGS='--durations=30' or PYTEST_ARGS='tests/lead'.
+PYTEST_ARGS  ?=
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lead-installed
 
@@ -31,7 +36,7 @@ bench-data:
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 
 test: $(STAMP) bench-data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean-store:
 	rm -rf lead-store

@@ -33,7 +33,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runners import check_cluster, gpu, settle, task_runner
-from lead.config import Settings
+from lead.config import Settings, cpu_threads
 from lead.cost import ModelCost, check_limits, pareto_front, spec_cost
 from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
@@ -171,7 +171,7 @@ def _split_threads(settings: Settings, n_models: int) -> None:
     import torch
 
     if settings.device in ("auto", "cpu") and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, min(settings.max_workers, n_models))))
+        torch.set_num_threads(max(1, cpu_threads() // max(1, min(settings.max_workers, n_models))))
 
 
 def _extract_all(plan: RankingPlan, st: Store, models: dict[str, ModelResult], warnings: list[str],

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from lead.config import EXECUTORS, Settings
+from lead.config import EXECUTORS, Settings, cpu_threads
 from lead.errors import InputError
 
 if TYPE_CHECKING:  # imported lazily: dask costs about a second to import
@@ -196,7 +196,7 @@ def shared_api_url() -> str | None:
 def worker_env(n_workers: int, gpu: str | None, api_url: str | None) -> dict[str, str]:
     """The environment of one local worker process on top of the flow's own: its share of the cores for
     torch and BLAS, its GPU (``CUDA_VISIBLE_DEVICES``) and the flow's Prefect API."""
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, n_workers)))
+    threads = str(max(1, cpu_threads() // max(1, n_workers)))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu

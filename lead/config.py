@@ -69,6 +69,18 @@ def _positive_env(name: str, default: float) -> float:
     return _env(name, default, float, lambda v: v > 0, "a number > 0")
 
 
+def cpu_threads() -> int:
+    """The CPU threads this process may use: ``OMP_NUM_THREADS`` when it is a positive integer (what torch and
+    BLAS read at start-up, e.g. set by a test runner that shares the cores among its worker processes), else
+    the machine's cores. Threads beyond a process's share spin against the other processes' threads: on 2 busy
+    cores that made BLAS-heavy scoring 4-5x slower (docs/performance.md, Target 2)."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
 def _default_max_workers() -> int:
     """One extraction per GPU; 2 without one (torch is imported only when a GPU driver is present)."""
     if not gpu_driver_present():

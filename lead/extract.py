@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from lead.config import cpu_threads
 from lead.data import Sample
 from lead.errors import InputError, error_text
 from lead.preprocess import Preprocessing, forward, has_head
@@ -221,7 +222,7 @@ def _threads_beside_workers(device_type: str, num_workers: int):
     if device_type != "cpu" or num_workers <= 0 or TORCH_THREADS_BESIDE_WORKERS is None:
         yield
         return
-    want = TORCH_THREADS_BESIDE_WORKERS if TORCH_THREADS_BESIDE_WORKERS > 0 else max(1, (os.cpu_count() or 1) - num_workers)
+    want = TORCH_THREADS_BESIDE_WORKERS if TORCH_THREADS_BESIDE_WORKERS > 0 else max(1, cpu_threads() - num_workers)
     with _THREADS_LOCK:
         if _THREADS_USERS[0] == 0:
             _THREADS_USERS[1] = torch.get_num_threads()

@@ -8,11 +8,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
+# One PREFECT_HOME per process: under pytest-xdist (`make test`: -n 2) each worker imports this file and gets
+# its own, as it gets its own session fixtures (the Prefect harness, the reaper below) and its own basetemp.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lead-tests-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)  # after the session's servers end
+# Under xdist each worker gets its share of the cores for torch and BLAS (lead.config.cpu_threads reads it;
+# the processes the tests start inherit it): with every worker's OpenBLAS and OpenMP threads on all cores,
+# BLAS-heavy tests ran 4-5x slower on 2 cores (docs/performance.md, Target 2). An explicit setting wins.
+if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)) > 0:
+    _share = str(max(1, (os.cpu_count() or 1) // _workers))
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, _share)
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"

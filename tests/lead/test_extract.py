@@ -36,9 +36,8 @@ def test_extract_matches_plain_timm_forward(tiny_dataset):
 
 
 def test_torch_threads_beside_loader_workers_default_and_cut(tiny_dataset, monkeypatch):
-    import os
-
     import lead.extract as extract_module
+    from lead.config import cpu_threads
 
     ds = image_folder(tiny_dataset)
     spec = lite0(32)
@@ -53,8 +52,22 @@ def test_torch_threads_beside_loader_workers_default_and_cut(tiny_dataset, monke
     seen = []
     for b in extract(model, spec, ds.samples[:10], ds.classes, batch_size=5, num_workers=1, device="cpu"):
         seen.append(torch.get_num_threads())
-    assert seen == [min(before, max(1, (os.cpu_count() or 1) - 1))] * 2
+    assert seen == [min(before, max(1, cpu_threads() - 1))] * 2
     assert torch.get_num_threads() == before
+
+
+def test_the_cpu_threads_are_omp_num_threads_when_set_else_the_cores(monkeypatch):
+    import os
+
+    from lead.config import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    for unset in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert cpu_threads() == (os.cpu_count() or 1)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads() == (os.cpu_count() or 1)
 
 
 def test_device_auto_selects_cpu_without_cuda():
