@@ -25,7 +25,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="images")
     ap.add_argument("--size", type=int, default=64, help="input side in pixels")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-workers", type=int, default=2)
+    ap.add_argument("--num-workers", type=int, default=None,
+                    help="DataLoader workers (default: lead's own, lead.config.default_num_workers)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--store", default=str(Path(tempfile.gettempdir()) / "lead-bench-store"))
     args = ap.parse_args()
@@ -45,6 +46,10 @@ def main() -> None:
     spec = dataclasses.replace(load_zoo("efficientnet-lite")[0], input_size=(args.size, args.size))
     model = load_model(spec)
     device = select_device(None)
+    if args.num_workers is None:
+        from lead.config import default_num_workers
+
+        args.num_workers = default_num_workers(device)
     transform = build_transform(spec)
 
     def bare() -> float:

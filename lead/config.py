@@ -6,7 +6,7 @@
 | ``LEAD_DEVICE`` | ``auto`` | ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N`` |
 | ``LEAD_BATCH_SIZE`` | ``64`` | images per forward pass |
 | ``LEAD_MAX_WORKERS`` | GPUs, or 2 on CPU | concurrent extraction tasks (the bounded thread pool) |
-| ``LEAD_NUM_WORKERS`` | ``min(4, cores)`` | DataLoader worker processes per extraction |
+| ``LEAD_NUM_WORKERS`` | 1 on CPU, ``min(4, cores)`` on a GPU | DataLoader worker processes per extraction |
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
 | ``LEAD_EXECUTOR`` | ``threads`` | where tasks run: ``threads`` (a thread pool in the flow's process) or ``dask`` (a local Dask cluster of worker processes, or the one at ``DASK_SCHEDULER_ADDRESS``; see ``flows.runners``) |
 | ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
@@ -95,6 +95,17 @@ def _default_max_workers() -> int:
     return 2
 
 
+def default_num_workers(device: str) -> int:
+    """DataLoader workers per extraction when ``LEAD_NUM_WORKERS`` is not set: ``min(4, cores)`` when the
+    forward pass runs on a GPU (decoding must keep it fed), 1 on CPU, where the workers take their cores
+    from the forward pass itself: one worker decoded and resized 2,300 images/s on this 2-core machine, 7x
+    what the forward pass on both cores consumed, and 1 worker ran at 0.99 of a bare timm loop against 0.93
+    for 2 and 0.97 for none (benchmarks/extraction.py, docs/performance.md, issue #18). Raise it for images
+    that are expensive to decode next to a small model."""
+    on_gpu = device not in ("cpu",) and (device != "auto" or gpu_driver_present())
+    return min(4, os.cpu_count() or 1) if on_gpu else 1
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings; see the module docstring for the variables and defaults."""
@@ -126,7 +137,7 @@ class Settings:
             device=os.environ.get("LEAD_DEVICE", "auto") or "auto",
             batch_size=_int_env("LEAD_BATCH_SIZE", 64) or 64,
             max_workers=_int_env("LEAD_MAX_WORKERS", 0) or _default_max_workers(),
-            num_workers=_int_env("LEAD_NUM_WORKERS", min(4, os.cpu_count() or 1)),
+            num_workers=_int_env("LEAD_NUM_WORKERS", -1),
             tracking_uri=tracking,
             max_bad_fraction=_fraction_env("LEAD_MAX_BAD_FRACTION", 0.05),
             auto_min_datasets=_int_env("LEAD_AUTO_MIN_DATASETS", AUTO_MIN_DATASETS),
@@ -138,4 +149,7 @@ class Settings:
         executor = overrides.get("executor")
         if executor is not None and executor not in EXECUTORS:
             raise InputError(f"settings: executor must be one of {', '.join(EXECUTORS)}; got {executor!r}.")
-        return replace(s, **overrides)
+        s = replace(s, **overrides)
+        if s.num_workers < 0:  # not set: by where the extraction runs
+            s = replace(s, num_workers=default_num_workers(s.device))
+        return s

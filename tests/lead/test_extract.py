@@ -141,3 +141,22 @@ def test_only_errors_that_can_pass_are_retried(tmp_path):
     assert [is_transient(e) for e in transient] == [True] * len(transient)
     assert retry_transient(None, None, Failed(data=wrong_size)) is False
     assert retry_transient(None, None, Failed(data=OSError(errno.EIO, "Input/output error"))) is True
+
+
+def test_default_loader_workers_are_one_on_cpu_and_min_4_cores_on_a_gpu(monkeypatch):
+    import os
+
+    from lead import config
+    from lead.config import Settings, default_num_workers
+
+    monkeypatch.delenv("LEAD_NUM_WORKERS", raising=False)
+    assert default_num_workers("cpu") == 1
+    assert default_num_workers("cuda") == default_num_workers("cuda:1") == min(4, os.cpu_count() or 1)
+    monkeypatch.setattr(config, "gpu_driver_present", lambda: False)
+    assert default_num_workers("auto") == 1
+    assert Settings.from_env(device="cpu").num_workers == 1
+    monkeypatch.setattr(config, "gpu_driver_present", lambda: True)
+    assert default_num_workers("auto") == min(4, os.cpu_count() or 1)
+    monkeypatch.setenv("LEAD_NUM_WORKERS", "3")  # an explicit setting wins
+    assert Settings.from_env(device="cpu").num_workers == 3
+    assert Settings.from_env(device="cpu", num_workers=0).num_workers == 0
