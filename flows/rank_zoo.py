@@ -34,7 +34,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runners import check_cluster, gpu, settle, task_runner
 from lead.config import Settings, cpu_threads
-from lead.cost import ModelCost, check_limits, pareto_front, spec_cost
+from lead.cost import ModelCost, check_limits, pareto_front
 from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ScoreError, error_text, strip_ansi
 from lead.extract import CANCEL
@@ -45,6 +45,7 @@ from lead.scoring.bootstrap import ResampledScore, summarize_ranking
 from lead.scoring.ranking import rank_scores
 from lead.selection import Extraction, MlflowInfo, ModelResult, Selection
 from lead.zoo import weights_digest
+from storage.costs import cached_spec_cost
 from storage.logits import check_cached
 from storage.figures import selection_markdown, write_selection_figure
 from storage.rankings import selection_rows, write_rankings
@@ -231,13 +232,15 @@ def _extract_all(plan: RankingPlan, st: Store, models: dict[str, ModelResult], w
     return done
 
 
-def _costs_and_limits(plan: RankingPlan, models: dict[str, ModelResult], limits: dict, logger) -> dict[str, ModelCost]:
+def _costs_and_limits(plan: RankingPlan, st: Store, models: dict[str, ModelResult], limits: dict,
+                      logger) -> dict[str, ModelCost]:
     """Each model's parameters and FLOPs counted on its architecture (the meta device: no weights, no
-    compute; :func:`lead.cost.spec_cost`); the models over ``--max-params``/``--max-gflops`` are excluded."""
+    compute; :func:`lead.cost.spec_cost`), once per store (:func:`storage.costs.cached_spec_cost`); the
+    models over ``--max-params``/``--max-gflops`` are excluded."""
     costs: dict[str, ModelCost] = {}
     for spec in plan.specs:
         try:
-            costs[spec.name] = spec_cost(spec)
+            costs[spec.name] = cached_spec_cost(spec, st)
         except Exception as err:  # an unknown architecture fails at loading, with its own message
             logger.info("%s: cost not counted from the architecture: %s", spec.name, err)
         why = check_limits(costs.get(spec.name), **limits)
@@ -413,7 +416,7 @@ def rank_planned(plan: RankingPlan, show_progress: bool = False, logger=None, li
         show_progress = False  # bars drawn by several worker processes would garble the terminal
     tracking = _Tracking.start(plan.settings, st, ref, run_id, logger)
     models = {s.name: ModelResult(s.name, s.arch, s.weights) for s in plan.specs}
-    costs = _costs_and_limits(plan, models, limits, logger)
+    costs = _costs_and_limits(plan, st, models, limits, logger)
     warnings: list[str] = []  # printed under the ranking and kept in the selection
     done = _extract_all(plan, st, models, warnings, show_progress, logger, costs)
     # The methods are decided on the images actually read (unreadable ones were skipped).

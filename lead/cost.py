@@ -15,10 +15,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import metadata
 
 from lead.errors import InputError
 
@@ -41,6 +44,19 @@ class ModelCost:
     def gflops(self) -> float:
         """FLOPs per image in units of 1e9."""
         return self.flops / 1e9
+
+    def to_dict(self) -> dict:
+        return {"params": self.params, "flops": self.flops, "input_size": list(self.input_size)}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping) -> ModelCost:
+        """The inverse of :meth:`to_dict`.
+
+        Raises:
+            KeyError, TypeError, ValueError: ``doc`` is not such a dict.
+        """
+        h, w = doc["input_size"]
+        return cls(params=int(doc["params"]), flops=int(doc["flops"]), input_size=(int(h), int(w)))
 
 
 def count_params(model) -> int:
@@ -89,7 +105,34 @@ def spec_cost(spec) -> ModelCost:
     Raises:
         whatever timm or torchvision raise for an unknown architecture.
     """
-    return _spec_cost(spec.scheme, spec.arch, getattr(spec, "num_classes", None), tuple(spec.input_size))
+    return _spec_cost(*_cost_inputs(spec))
+
+
+def _cost_inputs(spec) -> tuple[str, str, int | None, tuple[int, int]]:
+    """What a spec's cost depends on: its builder (``torchvision`` or timm), architecture, head size and
+    input size (the arguments of :func:`_spec_cost`)."""
+    scheme = "torchvision" if spec.scheme == "torchvision" else "timm"
+    return scheme, spec.arch, getattr(spec, "num_classes", None), tuple(int(v) for v in _size(spec.input_size))
+
+
+#: Bumped when the counting itself changes (what :func:`count_flops` counts), so stored costs are recounted.
+COST_VERSION = 1
+#: The libraries whose code decides an architecture's shapes and the counted FLOPs.
+_COST_LIBRARIES = ("torch", "timm", "torchvision")
+
+
+def cost_key(spec) -> str:
+    """The key of a spec's cost in a persistent cache: sha256 (hex) of what :func:`spec_cost` depends on
+    (builder, architecture, ``num_classes``, input size) and the installed versions of torch, timm and
+    torchvision (``importlib.metadata``: nothing is imported). Equal keys give equal costs."""
+    versions = {}
+    for lib in _COST_LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    doc = {"inputs": list(_cost_inputs(spec)), "versions": versions, "cost_version": COST_VERSION}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 @lru_cache(maxsize=256)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 from lead.errors import InputError
 
@@ -38,18 +37,24 @@ def weighted_tau(scores: Sequence[float], accs: Sequence[float]) -> float:
         InputError: unequal lengths, fewer than 2 models, or non-finite values.
     """
     s, a = _pair(scores, accs, "weighted_tau")
+    from scipy import stats  # lazy: a cached `lead rank` ranks with this module but needs no scipy.stats
+
     return float(stats.weightedtau(s, a)[0])
 
 
 def kendall_tau(scores: Sequence[float], accs: Sequence[float]) -> float:
     """Kendall's tau-b between scores and accuracies, in [-1, 1] (scipy.stats.kendalltau)."""
     s, a = _pair(scores, accs, "kendall_tau")
+    from scipy import stats
+
     return float(stats.kendalltau(s, a)[0])
 
 
 def spearman_rho(scores: Sequence[float], accs: Sequence[float]) -> float:
     """Spearman's rank correlation between scores and accuracies, in [-1, 1] (scipy.stats.spearmanr)."""
     s, a = _pair(scores, accs, "spearman_rho")
+    from scipy import stats
+
     return float(stats.spearmanr(s, a)[0])
 
 

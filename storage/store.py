@@ -8,6 +8,7 @@ Layout (every path below is relative to the store's root; a *key* is such a rela
     figures/dataset=<fp>/run=<run id>.png               the selection's figure (storage.figures)
     figures/history-<dataset>.png                       lead history --plot (storage.figures)
     registry/datasets.json                              the dataset registry (storage.registry)
+    costs/<key32>.json                                  each architecture's parameters and FLOPs (storage.costs)
     outcomes/part-<UTC time>-<uuid8>.parquet            fine-tuned accuracies (storage.outcomes; lock .lock)
     bench/suite=<name>/run=<run id>.parquet, *.png      benchmark tables and figures (storage.bench)
     mlflow.db, mlflow-artifacts/                        the default MLflow tracking database and artifacts
@@ -115,6 +116,10 @@ class Store:
         import re
 
         return self.root / "figures" / f"history-{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset)[:80] or 'dataset'}.png"
+
+    def cost_file(self, key: str) -> Path:
+        """``costs/<first 32 hex digits of the key>.json`` (:func:`lead.cost.cost_key`)."""
+        return self.root / "costs" / f"{key[:32]}.json"
 
     @property
     def registry_file(self) -> Path:

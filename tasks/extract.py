@@ -22,10 +22,11 @@ from prefect import task
 from lead.data import ImageDataset
 from lead.dataref import DatasetRef
 from lead.errors import DatasetError, InputError, ModelLoadError
-from lead.cost import model_cost
+from lead.cost import count_params, model_cost
 from lead.extract import CANCEL, extract, select_device, throughput
 from lead.placement import now_iso, placed
 from lead.zoo import ModelSpec, load_model
+from storage.costs import read_cost
 from storage.logits import SCHEMA_VERSION, LogitsWriter, is_complete, read_metadata
 from storage.store import Store
 from tasks.logs import run_logger
@@ -157,7 +158,7 @@ def extract_logits(
 
     ds = dataset.open()
     with gpu_slot(), placed(select_device(device)) as where:
-        result = _extract(ds, dataset.fingerprint, spec, path, started, cache_key=cache_key, weights_digest=weights_digest,
+        result = _extract(ds, dataset.fingerprint, spec, path, started, store=store, cache_key=cache_key, weights_digest=weights_digest,
                           device=device, batch_size=batch_size, num_workers=num_workers, max_bad_fraction=max_bad_fraction,
                           progress_position=progress_position, where=where.as_record())
     return {**where.as_record(), **result}  # the end as written in the file
@@ -167,16 +168,23 @@ def extract_logits(
 PLACEMENT_KEYS = ("worker", "device", "extract_start", "extract_end")
 
 
-def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Path, started: float, *, cache_key: str,
+def _extract(dataset: ImageDataset, fingerprint: str, spec: ModelSpec, path: Path, started: float, *, store: str, cache_key: str,
              weights_digest: str, device: str, batch_size: int, num_workers: int, max_bad_fraction: float,
              progress_position: int | None, where: dict[str, str]) -> dict:
     logger = run_logger()
     model = load_model(spec)
-    try:
-        cost = model_cost(model, spec.input_size)  # shapes only: before the weights move to the device
-    except Exception as err:  # an operator FlopCounterMode cannot run: the ranking goes on without the cost
-        logger.warning("%s: could not count its cost: %s", spec.name, err)
-        cost = None
+    # The flow counted the architecture's FLOPs (storage.costs); they hold for the loaded model when it has
+    # the same parameters. A checkpoint whose head differs from the entry's (file: infers num_classes) has
+    # another count, and is counted itself.
+    stored = read_cost(spec, store)
+    if stored is not None and stored.params == count_params(model) and stored.input_size == tuple(spec.input_size):
+        cost = stored
+    else:
+        try:
+            cost = model_cost(model, spec.input_size)  # shapes only: before the weights move to the device
+        except Exception as err:  # an operator FlopCounterMode cannot run: the ranking goes on without the cost
+            logger.warning("%s: could not count its cost: %s", spec.name, err)
+            cost = None
     metadata = {
         "lead.model": spec.name,
         "lead.arch": spec.arch,

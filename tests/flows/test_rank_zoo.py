@@ -179,6 +179,20 @@ def test_second_run_does_no_forward_pass(runs):
         assert a["scores"] == b["scores"]
 
 
+def test_costs_counted_once_per_store_and_a_checkpoint_with_another_head_counted_itself(runs):
+    from lead.cost import cost_key
+
+    store, first, second, _ = runs
+    counts = {m["model"]: (m["cost"].get("params"), m["cost"].get("gflops")) for m in first["models"]}
+    assert counts == {m["model"]: (m["cost"].get("params"), m["cost"].get("gflops")) for m in second["models"]}
+    # lite0 and lite0-headless share one architecture entry (storage.costs), counted with timm's 1,000-class head;
+    # the headless checkpoint's own count (the file's metadata) wins: the head's 1,280 x 1,000 + 1,000 less
+    assert len(list((store / "costs").glob("*.json"))) == 1
+    assert counts["efficientnet_lite0.in1k"][0] == 4_652_008
+    assert counts["lite0-headless"][0] == 4_652_008 - 1_281_000
+    assert counts["lite0-headless"][1] < counts["efficientnet_lite0.in1k"][1]
+
+
 def test_table_artifact_published(runs):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
