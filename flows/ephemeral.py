@@ -14,6 +14,7 @@ import atexit
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -45,13 +46,18 @@ def _environment() -> dict[str, str]:
             **get_current_settings().to_environment_variables(exclude_unset=True)}
 
 
-def ensure_api() -> str | None:
+def ensure_api(while_starting: Callable[[], object] | None = None) -> str | None:
     """Make sure Prefect has a server this process may use; returns the URL of the one started here, or
     None when a server is configured (``PREFECT_API_URL``, in the environment or the profile, or a test
     harness) or temporary servers are off (Prefect then reports that itself).
 
     Call it from the main thread before the first flow runs: the server gets the parent-death signal
     tied to the calling thread. It stops at this process's exit (``atexit``), on SIGKILL by the kernel.
+
+    Args:
+        while_starting: called once the server process is started, before waiting for it to answer (the
+            server takes seconds to import and start; ``lead rank`` imports what its flow will need
+            meanwhile). Whatever it raises is ignored.
 
     Raises:
         RuntimeError: the server exited, or did not answer within Prefect's startup timeout (at least
@@ -77,6 +83,12 @@ def ensure_api() -> str | None:
         port = free_port()
         proc = subprocess.Popen(_command(port), env=_environment(), stdin=subprocess.DEVNULL,
                                 preexec_fn=die_with_parent())
+        if while_starting is not None:
+            try:
+                while_starting()
+            except Exception:  # noqa: BLE001 - a head start only; the flow does the same work and reports
+                pass
+            while_starting = None
         try:
             wait_http(prefect_health_url(port), proc, timeout_s=timeout)
         except UIError as err:
