@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import sys
@@ -149,6 +150,7 @@ def prefect_harness():
     before = set(descendants())
     with prefect_test_harness(server_startup_timeout=120):
         guard_proc = guard([p for p in descendants() if p not in before]) if sys.platform.startswith("linux") else None
+        _seed_prefect_home_database()
         try:
             with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 yield
@@ -156,6 +158,23 @@ def prefect_harness():
             if guard_proc is not None:
                 guard_proc.kill()
                 guard_proc.wait()
+
+
+def _seed_prefect_home_database() -> None:
+    """Copy the harness's freshly migrated database to this process's PREFECT_HOME (SQLite's online backup,
+    consistent while its server runs), where the `lead` commands the tests start keep their temporary
+    servers' database: the first of them on each worker then finds it migrated, instead of running every
+    Prefect migration again (about 9 s of CPU). Nothing is copied over an existing database."""
+    import sqlite3
+
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value() or ""
+    source, target = Path(url.split(":///", 1)[-1]), Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+    if not url.startswith("sqlite") or not source.is_file() or target.exists():
+        return
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
 
 
 def write_image_folder(root: Path, images, labels) -> Path:
