@@ -318,7 +318,9 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
             var = (float(sq.mean()) - float(mean @ mean)) / x.shape[1]  # trace(Cov) / D, as global_scale
             sq = sq / var if var > 0 and math.isfinite(var) else sq
         sq = sq[order]
-        p0 = ridge_initial_state(x, ys, k, seed=p.seed, alpha=p.ridge_alpha, rows=order, mean=mean)
+        # the score needs only P0_i[y_i]
+        p0 = _ridge_probe(x, ys, k, seed=p.seed, alpha=p.ridge_alpha, rows=order, mean=mean,
+                          true_only=score_only and p.loss == "mse" and not p.softmax)
     else:
         xs = x[order]
         zs = zscore(xs) if p.standardize else xs
@@ -359,7 +361,8 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
         # step 5 needs only the true class's entry: log Fhat_i[y_i] = log((1 - d_k) + d_k P0_i[y_i]), the same
         # arithmetic as evolve() on that entry
         d = np.exp(-eta_value * lambdas * p.t)[ys]
-        return float(np.log((1.0 - d) * 1.0 + d * p0[np.arange(n), ys]).mean())
+        p0y = p0 if fast else p0[np.arange(n), ys]  # the fast path's probe returned P0_i[y_i] only
+        return float(np.log((1.0 - d) * 1.0 + d * p0y).mean())
     per_sample, fhat = evolve(p0, ys, lambdas, eta_value, p.t, loss=p.loss, softmax=p.softmax)
     score = float(per_sample.mean())
     if score_only:
@@ -544,6 +547,13 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     Returns:
         shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
     """
+    return _ridge_probe(z, codes, n_classes, seed=seed, alpha=alpha, rows=rows, mean=mean)
+
+
+def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int, alpha: float,
+                 rows: np.ndarray | None, mean: np.ndarray | None, true_only: bool = False) -> np.ndarray:
+    """:func:`ridge_initial_state` (same arguments); with ``true_only``, P0_i[y_i] alone, shape (N,) (all that
+    LEAD's score needs: the last normalisation and the scatter of the other N (K - 1) entries are skipped)."""
     from scipy.linalg import blas, lapack  # lazy: a cached `lead rank` imports the registry, not scipy
     n = codes.shape[0]
     d = z.shape[1]
@@ -583,15 +593,16 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     g_all, c_all, s_all, y_all = sum(grams), cross.sum(axis=0), sums.sum(axis=0), counts.sum(axis=0)
     out = np.empty((n, n_classes))
     gram, rhs_t = np.empty_like(g_all), np.empty_like(c_all)  # reused across folds (no fresh pages per fold)
-    outer, outer_t = np.empty_like(g_all), np.empty_like(c_all)
+    outer_t = np.empty_like(c_all)
     for f, s in enumerate(slices):
         n_train = n - (s.stop - s.start)
         mean = (s_all - sums[f]) / n_train
         ybar = (y_all - counts[f]) / n_train
         # gram = g_all - grams[f] - n_train * outer(mean, mean) (its lower triangle is the training Gram matrix;
-        # Fortran order); rhs_t = c_all - cross[f] - n_train * outer(ybar, mean), shape (K, D): Zc^T Yc transposed
+        # Fortran order; the rank-1 update of that triangle by BLAS syr, one pass over half the matrix);
+        # rhs_t = c_all - cross[f] - n_train * outer(ybar, mean), shape (K, D): Zc^T Yc transposed
         np.subtract(g_all, grams[f], out=gram)
-        gram -= np.multiply(np.multiply.outer(mean, mean, out=outer), n_train, out=outer)
+        gram = blas.dsyr(-float(n_train), mean, lower=1, a=gram, overwrite_a=1)
         np.subtract(c_all, cross[f], out=rhs_t)
         rhs_t -= np.multiply(np.multiply.outer(ybar, mean, out=outer_t), n_train, out=outer_t)
         trace = float(np.trace(gram))
@@ -610,8 +621,9 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts; the
     # two normalisations stay as they are: where the probe separates the classes, 1 - P0_i[y_i] is ~1e-10 and
     # the score carries those last bits), in row blocks that stay in cache across the passes, each scattered
-    # back to canonical order
-    p0 = np.empty_like(out)
+    # back to canonical order (with true_only, P0_i[y_i] alone: the same arithmetic on that entry)
+    p0 = np.empty(n) if true_only else np.empty_like(out)
+    codes_f = codes[by_fold]
     step = max(1, BLOCK_VALUES // (4 * n_classes))
     for a in range(0, n, step):
         block = out[a:a + step]
@@ -620,8 +632,11 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
         np.exp(block, out=block)
         block /= block.sum(axis=1, keepdims=True)
         np.maximum(block, PROB_FLOOR, out=block)
-        block /= block.sum(axis=1, keepdims=True)
-        p0[by_fold[a:a + step]] = block
+        if true_only:
+            p0[by_fold[a:a + step]] = block[np.arange(block.shape[0]), codes_f[a:a + step]] / block.sum(axis=1)
+        else:
+            block /= block.sum(axis=1, keepdims=True)
+            p0[by_fold[a:a + step]] = block
     return p0
 
 
