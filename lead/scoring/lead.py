@@ -385,8 +385,10 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
 
 def _canonical_order(proj: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """``np.lexsort((codes, proj))``: positions by projection, equal projections (identical rows) by class, then
-    by position; one stable sort of ``proj`` (half the work) unless two projections are equal."""
-    order = np.argsort(proj, kind="stable")
+    by position; one sort of ``proj`` unless two projections are equal. Distinct keys have one sorted order, so the
+    sort need not be stable (numpy's default, SIMD where the CPU has it: 4x its stable sort at N = 50,000); ties
+    go to the lexsort."""
+    order = np.argsort(proj)
     ranked = proj[order]
     if (ranked[1:] == ranked[:-1]).any():
         order = np.lexsort((codes, proj))
@@ -434,7 +436,7 @@ def stratified_folds(codes: np.ndarray, n_classes: int, n_folds: int, seed: int)
     """Fold index of each sample, shape (N,), int64: within each class, a seeded permutation of its
     positions is dealt round-robin over ``n_folds`` folds. Depends only on class sizes and ``seed``."""
     folds = np.empty(codes.shape[0], dtype=np.int64)
-    by_class = np.argsort(codes, kind="stable")  # each class's positions, in increasing order
+    by_class = _stable_argsort(codes, n_classes)  # each class's positions, in increasing order
     ends = np.cumsum(np.bincount(codes, minlength=n_classes))
     dealt = {}  # the deal depends only on the class size (and seed): one permutation per distinct size
     for k in range(n_classes):
@@ -443,6 +445,12 @@ def stratified_folds(codes: np.ndarray, n_classes: int, n_folds: int, seed: int)
             dealt[size] = np.random.default_rng(seed).permutation(size) % n_folds
         folds[by_class[ends[k] - size:ends[k]]] = dealt[size]
     return folds
+
+
+def _stable_argsort(keys: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for integer keys in [0, bound): as int16 when they fit, which numpy sorts
+    by radix (5x its stable sort of int64 at N = 50,000); the same permutation (a stable sort has one result)."""
+    return np.argsort(keys.astype(np.int16) if bound <= np.iinfo(np.int16).max else keys, kind="stable")
 
 
 def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_of_fold: bool, seed: int) -> np.ndarray:
@@ -562,7 +570,7 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     # positions grouped by fold, and by class within a fold: each fold is one slice of rows, each (fold, class)
     # one run of it, run f * K + k in rows starts[f * K + k] : starts[f * K + k + 1] (round-robin dealing
     # puts every class in every fold)
-    by_fold = np.argsort(folds * n_classes + codes, kind="stable")  # = np.lexsort((codes, folds)), one key
+    by_fold = _stable_argsort(folds * n_classes + codes, n_folds * n_classes)  # = np.lexsort((codes, folds))
     starts = np.searchsorted((folds * n_classes + codes)[by_fold], np.arange(n_folds * n_classes + 1))
     bounds = starts[::n_classes]
     # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold)
