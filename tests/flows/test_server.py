@@ -27,7 +27,7 @@ from flows.ui import (
     stop,
     wait_http,
 )
-from tests.conftest import lite_entry, write_zoo
+from tests.conftest import copy_sqlite, lite_entry, write_zoo
 
 REPO = Path(__file__).resolve().parents[2]
 LEAD = str(Path(sys.executable).parent / "lead")
@@ -49,7 +49,7 @@ def _wait(what: str, check, timeout_s: float, procs=(), interval_s: float = 0.5)
 
 
 @pytest.mark.timeout(480)
-def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset):
+def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset, migrated_prefect_database):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -68,6 +68,8 @@ def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset):
     env.pop("LEAD_STORE", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    # the server's database exists, at the head revision, as on any server after its first start
+    copy_sqlite(migrated_prefect_database, tmp_path / "prefect-home" / "prefect.db")
 
     def lead(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([LEAD, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, check=False)
