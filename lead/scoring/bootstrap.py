@@ -57,6 +57,10 @@ RECOMPUTE_BUDGET_S = 5.0
 #: Fewest resamples worth reporting (our choice): with fewer, a 90% interval rests on fewer than 3 resamples
 #: in each tail, so the method is reported "too slow to resample" instead.
 MIN_RESAMPLES = 50
+#: Recomputations timed one by one before the budget is split (the fastest counts), and the share of the
+#: budget that timing may take (our choices: robust to one descheduling, cheap for a slow method).
+PROBE_RESAMPLES = 3
+PROBE_SHARE = 0.1
 
 #: Scores that depend on the features only through their Gram matrix F F^T (TransRate: log det(I + Z^T Z c)
 #: = log det(I + Z Z^T c) of the centred features, Sylvester). For N < D their recomputation runs on the N
@@ -186,7 +190,9 @@ def score_and_resample(
         n_resamples: B; 0 computes the score alone (mode ``"off"``).
         seed: the resamples' seed.
         budget_s: seconds a recomputed method may spend on one model's resamples (> 0). The first
-            resample is timed; if ``min_resamples`` would not fit, the method stops there ("too-slow");
+            resamples are timed one by one (:data:`PROBE_RESAMPLES`, while under :data:`PROBE_SHARE` of the
+            budget) and the fastest is the cost of one; if ``min_resamples`` would not fit, the method stops
+            there ("too-slow");
             else it runs min(B, budget / cost of one) resamples and stops early if the budget is spent.
         min_resamples: fewest resamples reported (>= 1).
         clock: the time source (seconds), for tests.
@@ -237,16 +243,25 @@ def score_and_resample(
     # Many small problems: one BLAS thread each. OpenBLAS's second thread cost more than it saved on the
     # 2-core machine (LogME on 300 x 300: 0.11 s with one thread, 1.2 s with two, under load; docs/performance.md).
     with threadpool_limits(limits=1):
+        # The cost of one recomputation: the fastest of the first few, timed one by one. A single timing in
+        # wall seconds is at the mercy of one descheduling on a busy machine (LogME's 10 ms recomputation
+        # timed at over 0.1 s made it "too slow" for the default budget); probing stops at a tenth of the
+        # budget, so a really slow method is judged on its first recomputation.
         started = clock()
-        values = [once(resamples[0])]
-        per_resample = max(clock() - started, 1e-9)
+        values, marks = [], [started]
+        for idx in resamples[:PROBE_RESAMPLES]:
+            values.append(once(idx))
+            marks.append(clock())
+            if marks[-1] - started > PROBE_SHARE * budget_s:
+                break
+        per_resample = max(min(b - a for a, b in zip(marks, marks[1:])), 1e-9)
         target = min(n_resamples, int(budget_s / per_resample + 1e-9))
         if target < min(min_resamples, n_resamples):
             note = (f"{m.name}: too slow to resample: one recomputation took {per_resample:.2f} s, so {n_resamples} "
                     f"resamples would take {per_resample * n_resamples:.0f} s per model and not even {min_resamples} fit "
                     f"in the budget of {budget_s:g} s per model (--bootstrap-budget, LEAD_BOOTSTRAP_BUDGET); no interval for {m.name}.")
             return ResampledScore(m.name, score, np.zeros(0), TOO_SLOW, clock() - started, note, digest)
-        for b in range(1, target):
+        for b in range(len(values), target):
             values.append(once(resamples[b]))
             if clock() - started > budget_s and len(values) >= min_resamples:
                 break

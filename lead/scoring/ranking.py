@@ -189,7 +189,7 @@ def rank_scores(plan: MethodPlan, scores: Mapping[str, Mapping[str, float]],
 
 
 def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | str | None = None, *,
-                bootstrap: int = 0, seed: int = 0) -> Ranking:
+                bootstrap: int = 0, seed: int = 0, budget_s: float | None = None) -> Ranking:
     """Rank a zoo from its arrays, exactly as ``lead rank`` does from images.
 
     Args:
@@ -202,6 +202,9 @@ def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | st
         bootstrap: paired bootstrap resamples B (:mod:`lead.scoring.bootstrap`); 0 (the default here,
             so that a Python call costs one score per method; ``lead rank`` uses 200) turns it off.
         seed: the resamples' seed.
+        budget_s: seconds a method recomputed on each resample (LogME, H-score, GBC, TransRate) may spend
+            per model; None: :data:`lead.scoring.bootstrap.RECOMPUTE_BUDGET_S` (5 s). A method that cannot
+            reach enough resamples within it is reported "too slow to resample" (no uncertainty).
     Returns:
         a :class:`Ranking`: ``.primary``, ``.scores[method][model]`` (NaN where a method failed, with
         ``.errors[method][model]`` saying why), ``.ranks[model]`` (1 = best, ties share a rank),
@@ -240,7 +243,8 @@ def rank_models(arrays: Mapping[str, tuple], labels, methods: Sequence[str] | st
             try:
                 if bootstrap:
                     r = score_and_resample(get_method(m), features=features, logits=logits, labels=labels,
-                                           n_resamples=bootstrap, seed=seed)
+                                           n_resamples=bootstrap, seed=seed,
+                                           **({} if budget_s is None else {"budget_s": budget_s}))
                     resampled[m][name] = r
                     scores[m][name] = r.score
                 else:
