@@ -3,14 +3,19 @@
     .venv/bin/python benchmarks/gpu.py                # on a GPU machine: ResNet-50 in bf16, 224 px; scores at N=50k, D=2048, K=100
     .venv/bin/python benchmarks/gpu.py --tiny         # anywhere (CPU): a tiny timm model, 64 images, scores at N=600, D=64, K=5
 
-1. Extraction: ``lead.extract.extract`` (DataLoader workers decode and resize PNG files, bf16 autocast and
+1. Extraction: ``lead.extract.extract`` (DataLoader workers decode and resize JPEG files, bf16 autocast and
    channels-last on CUDA, features and logits copied back) against a bare loop on the same device (decode,
    resize and forward in one thread, the same autocast), the same files, model, batch size and resolution,
-   alternating, best of ``--repeats``. Reported: images/s of each and the ratio pipeline / bare (target >= 0.95).
-   The model has random weights (``pretrained=False``: same cost, nothing downloaded).
+   alternating, best of ``--repeats``; the pipeline once per ``--workers`` value. Reported: images/s of each,
+   the ratio pipeline / bare (target >= 0.95), and the forward pass alone (random tensors already on the
+   device, the same batches and autocast, features and logits copied back: the ceiling no loader can pass)
+   with the ratio pipeline / forward. The model has random weights (``pretrained=False``: same cost,
+   nothing downloaded). The images are random noise (JPEG quality 90): harder to decode than photographs.
 2. Scores: every registered method on Gaussian class clusters (``benchmarks/scores.py``'s data) at the size
    of the run, each in a child process with a time limit ``--cap`` (a method over it is reported as
-   ``timeout``), against the seconds the measured bare forward pass needs for N images.
+   ``timeout``), against the seconds the forward pass alone needs for N images (``over_forward``).
+
+The results file is rewritten after each stage and each method, so a run stopped early keeps what it measured.
 
 Writes ``--out`` (default benchmarks/results/gpu.json). Run it whenever a GPU machine is lent; the tiny
 mode is what the test suite runs (tests/bench/test_gpu_benchmark.py).
@@ -32,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-FULL = {"arch": "resnet50", "size": 224, "images": 2048, "batch": 128, "workers": min(8, os.cpu_count() or 1),
+FULL = {"arch": "resnet50", "size": 224, "images": 2048, "batch": 128, "workers": [min(8, os.cpu_count() or 1)],
         "n": 50_000, "d": 2048, "k": 100, "cap": 1800.0}
-TINY = {"arch": "test_resnet", "size": 64, "images": 64, "batch": 16, "workers": 1, "n": 600, "d": 64, "k": 5, "cap": 120.0}
+TINY = {"arch": "test_resnet", "size": 64, "images": 64, "batch": 16, "workers": [1], "n": 600, "d": 64, "k": 5, "cap": 120.0}
 
 
 def write_images(folder: Path, count: int, size: int) -> list:
-    """``count`` random RGB PNG files of side ``size`` in ``folder``, two classes; returns lead Samples."""
+    """``count`` random RGB JPEG files (quality 90) of side ``size`` in ``folder``, two classes; returns lead Samples."""
     import numpy as np
     from PIL import Image
 
@@ -49,8 +54,8 @@ def write_images(folder: Path, count: int, size: int) -> list:
     for i in range(count):
         label = f"c{i % 2}"
         (folder / label).mkdir(parents=True, exist_ok=True)
-        path = folder / label / f"{i:06d}.png"
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        path = folder / label / f"{i:06d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
         samples.append(Sample(f"{label}/{path.name}", path, label))
     return samples
 
@@ -87,20 +92,41 @@ def extraction(cfg: dict, device: str, repeats: int) -> dict:
                     m.forward_head(pooled).float().cpu().numpy()
             return len(samples) / (time.perf_counter() - started)
 
-        def pipeline() -> float:
+        def pipeline(workers: int) -> float:
             started = time.perf_counter()
-            for _ in extract(model, spec, samples, classes, batch_size=cfg["batch"], num_workers=cfg["workers"], device=device):
+            for _ in extract(model, spec, samples, classes, batch_size=cfg["batch"], num_workers=workers, device=device):
                 pass
             return len(samples) / (time.perf_counter() - started)
 
+        def forward_only() -> float:
+            """The forward pass alone: random input already on the device, the bare loop's batches and autocast."""
+            m = model.to(dev)
+            x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=dev)
+            if dev.type == "cuda":
+                m = m.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+            batches = -(-len(samples) // cfg["batch"])
+            started = time.perf_counter()
+            with torch.inference_mode(), autocast:
+                for _ in range(batches):
+                    pooled = m.forward_features(x)
+                    m.forward_head(pooled, pre_logits=True).float().cpu().numpy()
+                    m.forward_head(pooled).float().cpu().numpy()
+            return batches * cfg["batch"] / (time.perf_counter() - started)
+
         bare()  # warm-up (cuDNN autotuning, allocator)
-        runs = {"bare": [], "pipeline": []}
+        runs = {"bare": [], "forward_only": [], **{f"pipeline_{w}_workers": [] for w in cfg["workers"]}}
         for _ in range(repeats):
             runs["bare"].append(bare())
-            runs["pipeline"].append(pipeline())
+            runs["forward_only"].append(forward_only())
+            for w in cfg["workers"]:
+                runs[f"pipeline_{w}_workers"].append(pipeline(w))
+    best_pipeline = max(max(runs[f"pipeline_{w}_workers"]) for w in cfg["workers"])
     return {"arch": cfg["arch"], "input_size": cfg["size"], "images": cfg["images"], "batch_size": cfg["batch"],
-            "num_workers": cfg["workers"], "device": device, "dtype": "bfloat16" if device.startswith("cuda") else "float32",
-            "images_per_s": runs, "ratio_best": max(runs["pipeline"]) / max(runs["bare"]), "target": ">= 0.95"}
+            "images_per_s": runs, "ratio_best": best_pipeline / max(runs["bare"]),
+            "ratio_to_forward": best_pipeline / max(runs["forward_only"]), "target": ">= 0.95",
+            "num_workers": cfg["workers"], "device": device, "dtype": "bfloat16" if device.startswith("cuda") else "float32"}
 
 
 def _score_child(methods: list[str], n: int, d: int, k: int, queue) -> None:
@@ -119,9 +145,10 @@ def _score_child(methods: list[str], n: int, d: int, k: int, queue) -> None:
             queue.put((method, {"error": f"{type(err).__name__}: {str(err)[:200]}"}))
 
 
-def scores(cfg: dict, forward_images_per_s: float) -> dict:
+def scores(cfg: dict, forward_images_per_s: float, report=lambda result: None) -> dict:
     """Every registered method in a child process (one for all of them; a method past ``cap`` seconds is
-    killed with its child, reported as a timeout, and a new child scores the rest)."""
+    killed with its child, reported as a timeout, and a new child scores the rest). ``report`` gets the
+    result so far after each method."""
     import queue as queue_module
 
     from lead.scoring import METHODS
@@ -130,6 +157,11 @@ def scores(cfg: dict, forward_images_per_s: float) -> dict:
     forward_seconds = cfg["n"] / forward_images_per_s
     rows: dict[str, dict] = {}
     todo = list(METHODS)
+
+    def result() -> dict:
+        return {"n": cfg["n"], "d": cfg["d"], "k": cfg["k"], "cap_s": cfg["cap"], "forward_seconds_for_n": forward_seconds,
+                "methods": {m: rows[m] for m in METHODS if m in rows}}
+
     while todo:
         results = ctx.Queue()
         child = ctx.Process(target=_score_child, args=(todo, cfg["n"], cfg["d"], cfg["k"], results), daemon=True)
@@ -145,16 +177,24 @@ def scores(cfg: dict, forward_images_per_s: float) -> dict:
                 if "seconds" in row:
                     row["over_forward"] = row["seconds"] / forward_seconds
                 print(f"  {method:10s} {row}", flush=True)
+                report(result())
         except queue_module.Empty:
             rows[todo[0]] = {"timeout": cfg["cap"]}
             print(f"  {todo[0]:10s} timeout after {cfg['cap']:.0f} s", flush=True)
             todo.pop(0)
+            report(result())
         finally:
             if child.is_alive():
                 child.kill()
             child.join()
-    return {"n": cfg["n"], "d": cfg["d"], "k": cfg["k"], "cap_s": cfg["cap"], "forward_seconds_for_n": forward_seconds,
-            "methods": {m: rows[m] for m in METHODS}}
+    return result()
+
+
+def _write(path: Path, out: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> dict:
@@ -162,10 +202,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="a tiny model and score size (CPU smoke run; the test)")
     ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--workers", default=None,
+                    help="DataLoader workers of the pipeline, comma-separated to compare several (default: min(8, cores); tiny 1)")
     ap.add_argument("--cap", type=float, default=None, help="seconds per score (default 1800; tiny 120)")
+    ap.add_argument("--skip-scores", action="store_true", help="extraction only")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.json")
     args = ap.parse_args(argv)
 
+    import timm
     import torch
 
     from lead.extract import select_device
@@ -173,20 +217,27 @@ def main(argv=None) -> dict:
     cfg = dict(TINY if args.tiny else FULL)
     if args.cap is not None:
         cfg["cap"] = args.cap
+    if args.workers:
+        cfg["workers"] = [int(w) for w in args.workers.split(",")]
     device = select_device(args.device)
-    print(f"extraction: {cfg['arch']} at {cfg['size']} px on {device}", flush=True)
-    ext = extraction(cfg, device, args.repeats)
-    print(f"  pipeline / bare = {ext['ratio_best']:.3f} ({ext['images_per_s']})", flush=True)
-    print(f"scores at N={cfg['n']}, D={cfg['d']}, K={cfg['k']} (cap {cfg['cap']:.0f} s each)", flush=True)
-    sc = scores(cfg, max(ext["images_per_s"]["bare"]))
-    out = {"mode": "tiny" if args.tiny else "full", "extraction": ext, "scores": sc,
+    out = {"mode": "tiny" if args.tiny else "full",
            "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                       "timm": timm.__version__,
                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                        "cpus": os.cpu_count()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, args.out)
+    print(f"extraction: {cfg['arch']} at {cfg['size']} px on {device}", flush=True)
+    out["extraction"] = ext = extraction(cfg, device, args.repeats)
+    _write(args.out, out)
+    print(f"  pipeline / bare = {ext['ratio_best']:.3f}, pipeline / forward alone = {ext['ratio_to_forward']:.3f} "
+          f"({ext['images_per_s']})", flush=True)
+    if not args.skip_scores:
+        print(f"scores at N={cfg['n']}, D={cfg['d']}, K={cfg['k']} (cap {cfg['cap']:.0f} s each)", flush=True)
+
+        def report(partial: dict) -> None:
+            out["scores"] = partial
+            _write(args.out, out)
+
+        report(scores(cfg, max(ext["images_per_s"]["forward_only"]), report))
     return out
 
 
