@@ -92,9 +92,10 @@ def extraction(cfg: dict, device: str, repeats: int) -> dict:
                     m.forward_head(pooled).float().cpu().numpy()
             return len(samples) / (time.perf_counter() - started)
 
-        def pipeline(workers: int) -> float:
+        def pipeline(workers: int, on_device: bool | None = None) -> float:
             started = time.perf_counter()
-            for _ in extract(model, spec, samples, classes, batch_size=cfg["batch"], num_workers=workers, device=device):
+            for _ in extract(model, spec, samples, classes, batch_size=cfg["batch"], num_workers=workers, device=device,
+                             normalize_on_device=on_device):
                 pass
             return len(samples) / (time.perf_counter() - started)
 
@@ -117,11 +118,16 @@ def extraction(cfg: dict, device: str, repeats: int) -> dict:
 
         bare()  # warm-up (cuDNN autotuning, allocator)
         runs = {"bare": [], "forward_only": [], **{f"pipeline_{w}_workers": [] for w in cfg["workers"]}}
+        # on CUDA the pipeline's default hands uint8 images to the device (lead.extract.normalize_uint8);
+        # "_float" is the float transform in the workers, as on a CPU
+        compare = dev.type == "cuda"
         for _ in range(repeats):
             runs["bare"].append(bare())
             runs["forward_only"].append(forward_only())
             for w in cfg["workers"]:
                 runs[f"pipeline_{w}_workers"].append(pipeline(w))
+                if compare:
+                    runs.setdefault(f"pipeline_{w}_workers_float", []).append(pipeline(w, on_device=False))
     best_pipeline = max(max(runs[f"pipeline_{w}_workers"]) for w in cfg["workers"])
     return {"arch": cfg["arch"], "input_size": cfg["size"], "images": cfg["images"], "batch_size": cfg["batch"],
             "images_per_s": runs, "ratio_best": best_pipeline / max(runs["bare"]),
@@ -204,6 +210,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", default=None,
                     help="DataLoader workers of the pipeline, comma-separated to compare several (default: min(8, cores); tiny 1)")
+    ap.add_argument("--images", type=int, default=None, help="images of the extraction runs (default 2048; tiny 64)")
     ap.add_argument("--cap", type=float, default=None, help="seconds per score (default 1800; tiny 120)")
     ap.add_argument("--skip-scores", action="store_true", help="extraction only")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.json")
@@ -217,6 +224,8 @@ def main(argv=None) -> dict:
     cfg = dict(TINY if args.tiny else FULL)
     if args.cap is not None:
         cfg["cap"] = args.cap
+    if args.images:
+        cfg["images"] = args.images
     if args.workers:
         cfg["workers"] = [int(w) for w in args.workers.split(",")]
     device = select_device(args.device)

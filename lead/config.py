@@ -6,7 +6,7 @@
 | ``LEAD_DEVICE`` | ``auto`` | ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N`` |
 | ``LEAD_BATCH_SIZE`` | ``64`` | images per forward pass |
 | ``LEAD_MAX_WORKERS`` | GPUs, or 2 on CPU | concurrent extraction tasks (the bounded thread pool) |
-| ``LEAD_NUM_WORKERS`` | 1 on CPU, ``min(4, cores)`` on a GPU | DataLoader worker processes per extraction |
+| ``LEAD_NUM_WORKERS`` | 1 on CPU, ``cores // GPUs - 1`` on a GPU | DataLoader worker processes per extraction |
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
 | ``LEAD_EXECUTOR`` | ``threads`` | where tasks run: ``threads`` (a thread pool in the flow's process) or ``dask`` (a local Dask cluster of worker processes, or the one at ``DASK_SCHEDULER_ADDRESS``; see ``flows.runners``) |
 | ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
@@ -95,15 +95,37 @@ def _default_max_workers() -> int:
     return 2
 
 
-def default_num_workers(device: str) -> int:
-    """DataLoader workers per extraction when ``LEAD_NUM_WORKERS`` is not set: ``min(4, cores)`` when the
-    forward pass runs on a GPU (decoding must keep it fed), 1 on CPU, where the workers take their cores
-    from the forward pass itself: one worker decoded and resized 2,300 images/s on this 2-core machine, 7x
-    what the forward pass on both cores consumed, and 1 worker ran at 0.99 of a bare timm loop against 0.93
-    for 2 and 0.97 for none (benchmarks/extraction.py, docs/performance.md, issue #18). Raise it for images
-    that are expensive to decode next to a small model."""
+def _gpu_count() -> int:
+    """CUDA devices torch sees (imports torch; call only when a GPU driver is present), at least 1."""
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    except ImportError:
+        return 1
+
+
+def default_num_workers(device: str, gpus: int | None = None) -> int:
+    """DataLoader workers per extraction when ``LEAD_NUM_WORKERS`` is not set.
+
+    On a GPU: the cores shared out among the GPUs (one extraction runs per GPU, ``LEAD_MAX_WORKERS``), less
+    one per GPU for the process that feeds it, at least 1: ``max(1, cores // gpus - 1)``. Decoding is what
+    keeps a GPU waiting: on an H200 with 16 cores a ResNet-50 in bf16 ran 13,800 images/s on input already
+    on the device, and the pipeline fed it 4,600 images/s with 8 workers and 6,600 with 15 (224 px JPEGs;
+    benchmarks/gpu.py, docs/performance.md, issue #18). On a CPU: 1, where the workers take their cores from
+    the forward pass itself: one worker decoded and resized 2,300 images/s on a 2-core machine, 7x what the
+    forward pass on both cores consumed, and 1 worker ran at 0.99 of a bare timm loop against 0.93 for 2 and
+    0.97 for none (benchmarks/extraction.py). Raise it for images that are expensive to decode next to a
+    small model.
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (a GPU when a driver is present).
+        gpus: GPUs sharing the cores (default: the CUDA devices torch sees, at least 1).
+    """
     on_gpu = device not in ("cpu",) and (device != "auto" or gpu_driver_present())
-    return min(4, os.cpu_count() or 1) if on_gpu else 1
+    if not on_gpu:
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(1, gpus if gpus is not None else _gpu_count()) - 1)
 
 
 @dataclass(frozen=True)

@@ -133,10 +133,38 @@ def exit_with_process(pid: int, worker_id: int = 0) -> None:
     threading.Thread(target=watch, name="lead-parent-watch", daemon=True).start()
 
 
-def build_transform(spec: ModelSpec):
+def build_transform(spec: ModelSpec, *, uint8: bool = False):
     """The transform of one decoded image for ``spec``: :meth:`lead.preprocess.Preprocessing.transform`
-    (resize directly to ``spec.input_size``, no crop, to a tensor, normalise with the weights' mean and std)."""
-    return Preprocessing.of(spec).transform()
+    (resize directly to ``spec.input_size``, no crop, to a tensor, normalise with the weights' mean and std).
+
+    With ``uint8`` the transform stops before the conversion to float: it returns the resized image as a
+    uint8 tensor (3, H, W), and :func:`normalize_uint8` finishes it with the same arithmetic (divide by
+    255, subtract the mean, divide by the std, in float32) on the model's device.
+    """
+    transform = Preprocessing.of(spec).transform()
+    if not uint8:
+        return transform
+    from torchvision import transforms
+
+    steps = [t for t in transform.transforms if type(t).__name__ not in ("MaybeToTensor", "ToTensor", "Normalize")]
+    return transforms.Compose([*steps, transforms.PILToTensor()])
+
+
+def normalize_uint8(images, spec: ModelSpec):
+    """The float conversion and normalisation that :func:`build_transform` with ``uint8`` leaves out.
+
+    Args:
+        images: uint8 tensor (B, 3, H, W) on any device.
+        spec: the model's spec (its ``mean`` and ``std``).
+    Returns:
+        float32 tensor (B, 3, H, W) on the same device: ``(images / 255 - mean) / std`` per channel, the
+        operations and order of torchvision's ``ToTensor`` then ``Normalize``, so the same values bit for bit.
+    """
+    import torch
+
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return images.to(torch.float32).div_(255).sub_(mean).div_(std)
 
 
 def load_rgb(path, size: tuple[int, int] | None = None):
@@ -181,11 +209,13 @@ class ImageSamples:
     (``"<Type>: <message>"``), so the caller can skip it, count it and name it.
     """
 
-    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform, input_size: tuple[int, int]):
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform, input_size: tuple[int, int],
+                 dtype: str = "float32"):
         self.samples = list(samples)
         self.index = {c: i for i, c in enumerate(classes)}
         self.transform = transform
         self.input_size = tuple(input_size)
+        self.dtype = dtype  # of the zero tensor standing in for an image that cannot be decoded
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -198,7 +228,7 @@ class ImageSamples:
             x = self.transform(load_rgb(s.path, self.input_size))
             error = ""
         except Exception as err:  # any decoding failure of this one file
-            x = torch.zeros(3, *self.input_size)
+            x = torch.zeros(3, *self.input_size, dtype=getattr(torch, self.dtype))
             error = error_text(err)
         return x, self.index[s.label], i, error
 
@@ -246,6 +276,7 @@ def extract(
     batch_size: int = 64,
     num_workers: int = 2,
     device: str | None = None,
+    normalize_on_device: bool | None = None,
 ) -> Iterator[Batch]:
     """Run ``model`` over ``samples`` and yield a :class:`Batch` per batch, in sample order.
 
@@ -261,6 +292,11 @@ def extract(
         batch_size: images per forward pass.
         num_workers: DataLoader worker processes for decoding and resizing (0: in this thread).
         device: see :func:`select_device`.
+        normalize_on_device: the workers hand over uint8 images and the float conversion and normalisation
+            run on ``device`` (:func:`normalize_uint8`: the same values). None (the default): on CUDA
+            only, where it quarters the bytes the workers write, the main process pins and the bus carries,
+            and frees the workers' CPU for decoding (measured on an H200: benchmarks/gpu.py,
+            docs/performance.md). On a CPU the float work stays in the workers, beside the forward pass.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -270,8 +306,10 @@ def extract(
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     headless = not has_head(model)
+    on_device = dev.type == "cuda" if normalize_on_device is None else normalize_on_device
     loader = DataLoader(
-        ImageSamples(samples, classes, build_transform(spec), spec.input_size),
+        ImageSamples(samples, classes, build_transform(spec, uint8=on_device), spec.input_size,
+                     dtype="uint8" if on_device else "float32"),
         worker_init_fn=functools.partial(exit_with_process, os.getpid()) if num_workers > 0 else None,
         batch_size=batch_size,
         shuffle=False,
@@ -296,6 +334,8 @@ def extract(
                 continue
             started = time.perf_counter()
             images = images.to(dev, non_blocking=True)
+            if on_device:
+                images = normalize_uint8(images, spec)
             if dev.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             feats, logits = forward(model, images, logits=not headless)

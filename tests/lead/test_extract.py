@@ -35,6 +35,39 @@ def test_extract_matches_plain_timm_forward(tiny_dataset):
     np.testing.assert_allclose(feats[:3], ref_feats, rtol=1e-4, atol=1e-4)
 
 
+def test_normalising_on_the_device_gives_the_same_input_bit_for_bit(tiny_dataset, tmp_path):
+    """The CUDA path (uint8 from the workers, float conversion and normalisation on the device), run on the CPU:
+    the model input equals the default transform's exactly, so features and logits are the same, and an image
+    that cannot be decoded is still left out with its reason."""
+    import shutil
+
+    from PIL import Image
+
+    from lead.data import Sample
+    from lead.extract import normalize_uint8
+
+    ds = image_folder(tiny_dataset)
+    spec = lite0(32)
+    images = [Image.open(s.path).convert("RGB") for s in ds.samples[:6]]
+    as_float = torch.stack([build_transform(spec)(im) for im in images])
+    as_uint8 = torch.stack([build_transform(spec, uint8=True)(im) for im in images])
+    assert as_uint8.dtype == torch.uint8 and as_uint8.shape == as_float.shape == (6, 3, 32, 32)
+    assert torch.equal(normalize_uint8(as_uint8, spec), as_float)
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    shutil.copy(ds.samples[0].path, tmp_path / "good.png")
+    samples = [*ds.samples[:7], Sample("broken.png", broken, ds.samples[0].label)]
+    model = load_model(spec)
+    runs = [list(extract(model, spec, samples, ds.classes, batch_size=4, num_workers=1, device="cpu", normalize_on_device=flag))
+            for flag in (False, True)]
+    for default, on_device in zip(*runs):
+        assert default.sample_ids == on_device.sample_ids and default.skipped == on_device.skipped
+        np.testing.assert_array_equal(default.features, on_device.features)
+        np.testing.assert_array_equal(default.logits, on_device.logits)
+    assert [s for b in runs[1] for s, _ in b.skipped] == ["broken.png"]
+
+
 def test_torch_threads_beside_loader_workers_default_and_cut(tiny_dataset, monkeypatch):
     import lead.extract as extract_module
     from lead.config import cpu_threads
@@ -143,7 +176,7 @@ def test_only_errors_that_can_pass_are_retried(tmp_path):
     assert retry_transient(None, None, Failed(data=OSError(errno.EIO, "Input/output error"))) is True
 
 
-def test_default_loader_workers_are_one_on_cpu_and_min_4_cores_on_a_gpu(monkeypatch):
+def test_default_loader_workers_are_one_on_cpu_and_the_cores_per_gpu_less_one_on_a_gpu(monkeypatch):
     import os
 
     from lead import config
@@ -151,12 +184,17 @@ def test_default_loader_workers_are_one_on_cpu_and_min_4_cores_on_a_gpu(monkeypa
 
     monkeypatch.delenv("LEAD_NUM_WORKERS", raising=False)
     assert default_num_workers("cpu") == 1
-    assert default_num_workers("cuda") == default_num_workers("cuda:1") == min(4, os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    # no CUDA device here: counted as one GPU
+    assert default_num_workers("cuda") == default_num_workers("cuda:1") == max(1, cores - 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [default_num_workers("cuda", gpus=g) for g in (1, 2, 8, 16, 32)] == [15, 7, 1, 1, 1]
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(config, "gpu_driver_present", lambda: False)
     assert default_num_workers("auto") == 1
     assert Settings.from_env(device="cpu").num_workers == 1
     monkeypatch.setattr(config, "gpu_driver_present", lambda: True)
-    assert default_num_workers("auto") == min(4, os.cpu_count() or 1)
+    assert default_num_workers("auto") == max(1, cores - 1)
     monkeypatch.setenv("LEAD_NUM_WORKERS", "3")  # an explicit setting wins
     assert Settings.from_env(device="cpu").num_workers == 3
     assert Settings.from_env(device="cpu", num_workers=0).num_workers == 0
