@@ -128,11 +128,26 @@ def extraction(cfg: dict, device: str, repeats: int) -> dict:
                 runs[f"pipeline_{w}_workers"].append(pipeline(w))
                 if compare:
                     runs.setdefault(f"pipeline_{w}_workers_float", []).append(pipeline(w, on_device=False))
+        same_input = same_input_on_device(samples[:cfg["batch"]], spec, dev)
     best_pipeline = max(max(runs[f"pipeline_{w}_workers"]) for w in cfg["workers"])
     return {"arch": cfg["arch"], "input_size": cfg["size"], "images": cfg["images"], "batch_size": cfg["batch"],
             "images_per_s": runs, "ratio_best": best_pipeline / max(runs["bare"]),
             "ratio_to_forward": best_pipeline / max(runs["forward_only"]), "target": ">= 0.95",
-            "num_workers": cfg["workers"], "device": device, "dtype": "bfloat16" if device.startswith("cuda") else "float32"}
+            "num_workers": cfg["workers"], "device": device, "dtype": "bfloat16" if device.startswith("cuda") else "float32",
+            "uint8_input_identical": same_input}
+
+
+def same_input_on_device(samples, spec, dev) -> bool:
+    """Whether one batch's model input is the same bit for bit on ``dev`` both ways: the float transform on the
+    host, copied over, against uint8 copied over and ``lead.extract.normalize_uint8`` on the device."""
+    import torch
+
+    from lead.extract import build_transform, load_rgb, normalize_uint8
+
+    images = [load_rgb(s.path, spec.input_size) for s in samples]
+    on_host = torch.stack([build_transform(spec)(im) for im in images]).to(dev)
+    on_device = normalize_uint8(torch.stack([build_transform(spec, uint8=True)(im) for im in images]).to(dev), spec)
+    return bool(torch.equal(on_host, on_device))
 
 
 def _score_child(methods: list[str], n: int, d: int, k: int, queue) -> None:
@@ -237,7 +252,8 @@ def main(argv=None) -> dict:
     print(f"extraction: {cfg['arch']} at {cfg['size']} px on {device}", flush=True)
     out["extraction"] = ext = extraction(cfg, device, args.repeats)
     _write(args.out, out)
-    print(f"  pipeline / bare = {ext['ratio_best']:.3f}, pipeline / forward alone = {ext['ratio_to_forward']:.3f} "
+    print(f"  pipeline / bare = {ext['ratio_best']:.3f}, pipeline / forward alone = {ext['ratio_to_forward']:.3f}, "
+          f"uint8 input identical: {ext['uint8_input_identical']} "
           f"({ext['images_per_s']})", flush=True)
     if not args.skip_scores:
         print(f"scores at N={cfg['n']}, D={cfg['d']}, K={cfg['k']} (cap {cfg['cap']:.0f} s each)", flush=True)

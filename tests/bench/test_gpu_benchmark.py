@@ -24,6 +24,7 @@ def test_the_gpu_benchmark_runs_in_its_tiny_mode_and_reports_every_score(tmp_pat
     ext = r["extraction"]
     assert r["mode"] == "tiny" and ext["device"] == "cpu" and ext["dtype"] == "float32" and ext["images"] == 64
     assert all(v > 0 for vs in ext["images_per_s"].values() for v in vs)
+    assert ext["uint8_input_identical"] is True
     assert ext["ratio_best"] == pytest.approx(max(ext["images_per_s"]["pipeline_1_workers"]) / max(ext["images_per_s"]["bare"]))
     assert ext["ratio_to_forward"] == pytest.approx(max(ext["images_per_s"]["pipeline_1_workers"]) / max(ext["images_per_s"]["forward_only"]))
 
