@@ -547,7 +547,8 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     depends on the features only through their inner products).
 
     Args:
-        z: features, shape (M, D), float64 or float32 (float32 with D <= N: the probe computes its two large products in float32, :func:`_ridge_probe`); row ``rows[i]`` (or ``i`` when ``rows`` is None) is sample i.
+        z: features, shape (M, D), float64 or float32 (float32 with D <= N: the two large products in float32,
+            :func:`_ridge_probe`); row ``rows[i]`` (or ``i`` when ``rows`` is None) is sample i.
         codes: labels 0..K-1 of the samples, shape (N,), every class with >= 2 samples.
         n_classes: K.
         seed: seed of the folds.
