@@ -312,8 +312,9 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     ys = enc.codes[order]
     k = enc.n_classes
     if fast:
-        # the probe gathers its rows itself (one N x D copy fewer) and takes the squared norms the kernel needs,
-        # and trace(Cov) / D (global_scale's square), from the gathered blocks; the score needs only P0_i[y_i]
+        # the probe gathers its rows itself (one N x D copy fewer) and takes what the kernel needs, each class's mean
+        # squared norm, and trace(Cov) / D (global_scale's square), from the gathered blocks; the score needs only
+        # P0_i[y_i]
         zs = None
         p0, sq, var = _ridge_probe(x, ys, k, seed=p.seed, alpha=p.ridge_alpha, rows=order, mean=None,
                                    true_only=score_only and p.loss == "mse" and not p.softmax, norms=True)
@@ -335,6 +336,8 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     d = x.shape[1]
     if class_kernel is not None:
         lambdas = class_kernel.copy()
+    elif p.kernel == "expected" and fast:  # the probe gave each class's mean squared norm (the map is affine)
+        lambdas = _expected_from_sq_norms(sq / d if p.rescale else sq, d, k, p.head)
     elif p.kernel == "expected":
         diag = _expected_from_sq_norms(sq / d if p.rescale else sq, d, k, p.head)
         lambdas = np.bincount(ys, weights=diag, minlength=k) / np.bincount(ys, minlength=k)
@@ -568,9 +571,9 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     """:func:`ridge_initial_state` (same arguments); with ``true_only``, P0_i[y_i] alone, shape (N,) (all that
     LEAD's score needs: the last normalisation and the scatter of the other N (K - 1) entries are skipped).
 
-    With ``norms``, returns ``(p0, sq, var)``: also the squared norms ||z_i||^2 of the samples, shape (N,), float64,
-    in the order of ``codes``, and trace(Cov(z)) / D (the square of :func:`global_scale`), both taken from the
-    gathered blocks (no pass of their own).
+    With ``norms``, returns ``(p0, sq, var)``: also each class's mean squared norm, mean_{i in k} ||z_i||^2, shape
+    (K,), float64, and trace(Cov(z)) / D (the square of :func:`global_scale`), both taken from the gathered blocks
+    (no pass of their own).
 
     Precision (:func:`_probe_dtype`): with float32 features and D <= N, the centred copy is float32 (the rounding of
     a centred value is at most that of the feature it comes from) and the fold Gram matrices and the out-of-fold
@@ -599,27 +602,28 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     centre = np.asarray(mean, dtype=dtype)  # the centre subtracted (rounded to float32: still a centre)
     zf = np.empty((n, d), dtype=dtype)
     run_sums = np.zeros((n_folds * n_classes, min(n, d)))  # Z^T Y per fold, transposed: row f * K + k
-    if norms:
-        # ||z_i||^2 = ||z_i - c||^2 + 2 (z_i - c).c + ||c||^2, from each block in cache
-        sq, sq_centred, centre64 = np.empty(n), 0.0, centre.astype(np.float64)
-        cc = float(centre64 @ centre64)
+    # with norms, class sums of the centred rows in feature coordinates (when D > N, run_sums are taken later, in
+    # the samples' span)
+    class_sums = run_sums if d <= n else np.zeros((n_folds * n_classes, d)) if norms else None
+    sqc = np.empty(n) if norms else None  # ||z_i - c||^2, fold order
     step = max(1, BLOCK_VALUES // d)
     for a in range(0, n, step):
         block = zf[a:a + step]
-        if z.dtype == dtype:
-            np.take(z, gather[a:a + step], axis=0, out=block)
-        else:
-            block[...] = z[gather[a:a + step]]  # float32 rows are converted exactly, in cache
+        block[...] = z[gather[a:a + step]]  # float32 rows are converted exactly, in cache (np.take: 1.3x slower)
         block -= centre  # (5% faster than one np.subtract from float32, the same values)
         if norms:
-            sqc = np.einsum("ij,ij->i", block, block).astype(np.float64, copy=False)
-            sq_centred += float(sqc.sum())
-            sq[by_fold[a:a + step]] = sqc + (2.0 * (block @ centre).astype(np.float64, copy=False) + cc)
-        if d <= n:
-            _add_run_sums(block, a, starts, run_sums)
+            sqc[a:a + step] = np.einsum("ij,ij->i", block, block)  # in the copy's precision
+        if class_sums is not None:
+            _add_run_sums(block, a, starts, class_sums)
     if norms:
-        zbar = (run_sums.sum(axis=0) if d <= n else zf.sum(axis=0)) / n  # the mean of the centred rows
-        var = (sq_centred / n - float(zbar @ zbar)) / d  # trace(Cov) / D
+        # sum_{i in k} ||z_i||^2 = sum_{i in k} ||z_i - c||^2 + 2 c . sum_{i in k} (z_i - c) + n_k ||c||^2
+        centre64 = centre.astype(np.float64)
+        counts_k = np.bincount(codes, minlength=n_classes)
+        by_class = class_sums.reshape(n_folds, n_classes, -1).sum(axis=0)  # (K, D)
+        sq = (np.bincount(codes[by_fold], weights=sqc, minlength=n_classes) + 2.0 * (by_class @ centre64)
+              + counts_k * float(centre64 @ centre64)) / counts_k
+        zbar = by_class.sum(axis=0) / n  # the mean of the centred rows
+        var = (float(sqc.sum()) / n - float(zbar @ zbar)) / d  # trace(Cov) / D
     if d > n:
         w, v = np.linalg.eigh(zf @ zf.T)
         zf = v * np.sqrt(np.maximum(w, 0.0))

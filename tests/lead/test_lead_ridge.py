@@ -226,5 +226,7 @@ def test_the_probe_takes_the_squared_norms_and_the_global_scale_from_its_blocks(
     rows = np.random.default_rng(0).permutation(shape[0])
     _, sq, var = lead_module._ridge_probe(x, y[rows], 3, seed=0, alpha=1.0, rows=rows, mean=None, norms=True)
     x64 = x.astype(np.float64)[rows]
-    np.testing.assert_allclose(sq, np.einsum("ij,ij->i", x64, x64), rtol=1e-6 if dtype == np.float32 else 1e-12)
+    norms = np.einsum("ij,ij->i", x64, x64)
+    want = [norms[y[rows] == c].mean() for c in range(3)]  # each class's mean squared norm
+    np.testing.assert_allclose(sq, want, rtol=1e-6 if dtype == np.float32 else 1e-12)
     assert var == pytest.approx(global_scale(x64) ** 2, rel=1e-6 if dtype == np.float32 else 1e-12)
