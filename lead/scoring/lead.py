@@ -271,15 +271,15 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     # only divides the squared norms the kernel needs, and the caller's float32/float64 features are read as
     # they are, in blocks, into the probe's own float64 buffer (no N x D float64 copy, no pass to rescale).
     fast = p.initial == "ridge" and not p.standardize and p.kernel == "expected"
-    # the fast path checks finiteness in its own first pass (_row_stats), not in a pass of its own
+    # the fast path checks finiteness in its own first pass (_projection), not in a pass of its own
     x, enc = check_inputs(features, labels, where=where, copy=not fast, finite=not fast)
     # Canonical order: by a fixed random projection of the raw features (ties, i.e. identical rows, by
     # class). It does not depend on the caller's order nor on the class names, so neither does any
     # later step: folds, the kernel's per-class sample and the SVM's coordinate order.
     direction = np.random.default_rng(12345).standard_normal(x.shape[1])
     if fast:
-        proj, sq, mean = _row_stats(x, direction)
-        if not np.isfinite(sq).all():  # a NaN or Inf in a row makes its sum of squares NaN or Inf
+        proj = _projection(x, direction)
+        if not np.isfinite(proj).all():  # a NaN or Inf in a row makes its projection NaN or Inf
             check_matrix(x, name="features", where=where, copy=False)  # raises for NaN/Inf (not for an overflow)
     if p.normalize == "global" and not fast:
         x /= global_scale(x)  # x is check_inputs' own copy
@@ -312,15 +312,14 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     ys = enc.codes[order]
     k = enc.n_classes
     if fast:
-        # the probe gathers its rows itself (one N x D copy fewer); the kernel needs only squared norms
+        # the probe gathers its rows itself (one N x D copy fewer) and takes what the kernel needs, each class's mean
+        # squared norm, and trace(Cov) / D (global_scale's square), from the gathered blocks; the score needs only
+        # P0_i[y_i]
         zs = None
-        if p.normalize == "global":
-            var = (float(sq.mean()) - float(mean @ mean)) / x.shape[1]  # trace(Cov) / D, as global_scale
-            sq = sq / var if var > 0 and math.isfinite(var) else sq
-        sq = sq[order]
-        # the score needs only P0_i[y_i]
-        p0 = _ridge_probe(x, ys, k, seed=p.seed, alpha=p.ridge_alpha, rows=order, mean=mean,
-                          true_only=score_only and p.loss == "mse" and not p.softmax)
+        p0, sq, var = _ridge_probe(x, ys, k, seed=p.seed, alpha=p.ridge_alpha, rows=order, mean=None,
+                                   true_only=score_only and p.loss == "mse" and not p.softmax, norms=True)
+        if p.normalize == "global" and var > 0 and math.isfinite(var):
+            sq = sq / var
     else:
         xs = x[order]
         zs = zscore(xs) if p.standardize else xs
@@ -337,6 +336,8 @@ def _lead(features, labels, p: LeadParams, class_kernel, logits, *, score_only: 
     d = x.shape[1]
     if class_kernel is not None:
         lambdas = class_kernel.copy()
+    elif p.kernel == "expected" and fast:  # the probe gave each class's mean squared norm (the map is affine)
+        lambdas = _expected_from_sq_norms(sq / d if p.rescale else sq, d, k, p.head)
     elif p.kernel == "expected":
         diag = _expected_from_sq_norms(sq / d if p.rescale else sq, d, k, p.head)
         lambdas = np.bincount(ys, weights=diag, minlength=k) / np.bincount(ys, minlength=k)
@@ -505,20 +506,25 @@ def svm_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, out_o
 #: Values per block (rows x D) of the passes over the features that touch each row several times (about
 #: 2 MB of float64, so a block stays in cache between the operations on it).
 BLOCK_VALUES = 1 << 18
+#: Rows, at most, whose mean centres the probe's copy of the features (an evenly spaced subset, in the order the
+#: probe is given: centring is for conditioning only, any centre gives the same fit in exact arithmetic).
+CENTRE_ROWS = 1024
 
 
-def _row_stats(x: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x @ direction, squared row norms, column means) of x, shape (N, D), float32 or float64, in one blocked
-    pass, computed in float64."""
+def _projection(x: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """x @ direction, computed in float64 (x: (N, D), float32 or float64), in blocks that are converted in cache."""
     n = x.shape[0]
     rows = max(1, BLOCK_VALUES // x.shape[1])
-    proj, sq, total = np.empty(n), np.empty(n), np.zeros(x.shape[1])
+    proj = np.empty(n)
     for a in range(0, n, rows):
-        block = x[a:a + rows].astype(np.float64, copy=False)  # float32 input: converted exactly, in cache
-        np.matmul(block, direction, out=proj[a:a + rows])
-        np.einsum("ij,ij->i", block, block, out=sq[a:a + rows])
-        total += block.sum(axis=0)
-    return proj, sq, total / n
+        np.matmul(x[a:a + rows].astype(np.float64, copy=False), direction, out=proj[a:a + rows])
+    return proj
+
+
+def _probe_dtype(z: np.ndarray, n: int) -> type:
+    """The precision of the probe's copy of the features and of its two large products (the fold Gram matrices and
+    the out-of-fold outputs): float32 when the features are float32 (or narrower) and D <= N, else float64."""
+    return np.float32 if z.dtype.itemsize <= 4 and z.shape[1] <= n else np.float64
 
 
 def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int, alpha: float = RIDGE_ALPHA,
@@ -544,14 +550,16 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
     depends on the features only through their inner products).
 
     Args:
-        z: features, shape (M, D), float64; row ``rows[i]`` (or ``i`` when ``rows`` is None) is sample i.
+        z: features, shape (M, D), float64 or float32 (float32 with D <= N: the two large products in float32,
+            :func:`_ridge_probe`); row ``rows[i]`` (or ``i`` when ``rows`` is None) is sample i.
         codes: labels 0..K-1 of the samples, shape (N,), every class with >= 2 samples.
         n_classes: K.
         seed: seed of the folds.
         alpha: the ridge penalty relative to the mean eigenvalue of the training Gram matrix, > 0; the
             result does not change when ``z`` is multiplied by a constant.
         rows: optional index array, shape (N,), that gathers the samples from ``z`` (saves a copy).
-        mean: optional column means of ``z`` (shape (D,)), when the caller has them.
+        mean: optional centre of the copy (shape (D,)); default: the mean of an evenly spaced subset of at most
+            ``CENTRE_ROWS`` samples (any centre gives the same fit in exact arithmetic).
     Returns:
         shape (N, K), float64, rows on the simplex, floored at PROB_FLOOR and renormalised.
     """
@@ -559,9 +567,19 @@ def ridge_initial_state(z: np.ndarray, codes: np.ndarray, n_classes: int, *, see
 
 
 def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int, alpha: float,
-                 rows: np.ndarray | None, mean: np.ndarray | None, true_only: bool = False) -> np.ndarray:
+                 rows: np.ndarray | None, mean: np.ndarray | None, true_only: bool = False, norms: bool = False):
     """:func:`ridge_initial_state` (same arguments); with ``true_only``, P0_i[y_i] alone, shape (N,) (all that
-    LEAD's score needs: the last normalisation and the scatter of the other N (K - 1) entries are skipped)."""
+    LEAD's score needs: the last normalisation and the scatter of the other N (K - 1) entries are skipped).
+
+    With ``norms``, returns ``(p0, sq, var)``: also each class's mean squared norm, mean_{i in k} ||z_i||^2, shape
+    (K,), float64, and trace(Cov(z)) / D (the square of :func:`global_scale`), both taken from the gathered blocks
+    (no pass of their own).
+
+    Precision (:func:`_probe_dtype`): with float32 features and D <= N, the centred copy is float32 (the rounding of
+    a centred value is at most that of the feature it comes from) and the fold Gram matrices and the out-of-fold
+    products are float32 BLAS calls (``ssyrk``, ``sgemm``: 1.6x and 2x the speed of their float64 counterparts);
+    everything else (the Gram totals, the class sums, the Cholesky solves, the temperature, the softmax) is float64.
+    """
     from scipy.linalg import blas, lapack  # lazy: a cached `lead rank` imports the registry, not scipy
     n = codes.shape[0]
     d = z.shape[1]
@@ -573,20 +591,39 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     by_fold = _stable_argsort(folds * n_classes + codes, n_folds * n_classes)  # = np.lexsort((codes, folds))
     starts = np.searchsorted((folds * n_classes + codes)[by_fold], np.arange(n_folds * n_classes + 1))
     bounds = starts[::n_classes]
-    # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold)
+    # a centred copy, gathered in blocks (centring is for conditioning only: the intercept is fitted per fold, so
+    # the centre need not be the exact mean: the mean of an evenly spaced subset, in the given order, which on
+    # the score's path is the canonical one, so the centre does not depend on the caller's order either)
     gather = by_fold if rows is None else rows[by_fold]
+    dtype = _probe_dtype(z, n)
     if mean is None:
-        every = rows is None or rows.size == z.shape[0]  # a permutation of all rows: their mean
-        mean = z.mean(axis=0, dtype=np.float64) if every else z[rows].mean(axis=0, dtype=np.float64)
-    zf = np.empty((n, d))
+        every = -(-n // CENTRE_ROWS)
+        mean = z[np.arange(0, n, every) if rows is None else rows[::every]].mean(axis=0, dtype=np.float64)
+    centre = np.asarray(mean, dtype=dtype)  # the centre subtracted (rounded to float32: still a centre)
+    zf = np.empty((n, d), dtype=dtype)
     run_sums = np.zeros((n_folds * n_classes, min(n, d)))  # Z^T Y per fold, transposed: row f * K + k
+    # with norms, class sums of the centred rows in feature coordinates (when D > N, run_sums are taken later, in
+    # the samples' span)
+    class_sums = run_sums if d <= n else np.zeros((n_folds * n_classes, d)) if norms else None
+    sqc = np.empty(n) if norms else None  # ||z_i - c||^2, fold order
     step = max(1, BLOCK_VALUES // d)
     for a in range(0, n, step):
         block = zf[a:a + step]
-        block[...] = z[gather[a:a + step]]  # float32 rows are converted exactly, in cache
-        block -= mean  # (5% faster than one np.subtract from float32, the same values)
-        if d <= n:
-            _add_run_sums(block, a, starts, run_sums)
+        block[...] = z[gather[a:a + step]]  # float32 rows are converted exactly, in cache (np.take: 1.3x slower)
+        block -= centre  # (5% faster than one np.subtract from float32, the same values)
+        if norms:
+            sqc[a:a + step] = np.einsum("ij,ij->i", block, block)  # in the copy's precision
+        if class_sums is not None:
+            _add_run_sums(block, a, starts, class_sums)
+    if norms:
+        # sum_{i in k} ||z_i||^2 = sum_{i in k} ||z_i - c||^2 + 2 c . sum_{i in k} (z_i - c) + n_k ||c||^2
+        centre64 = centre.astype(np.float64)
+        counts_k = np.bincount(codes, minlength=n_classes)
+        by_class = class_sums.reshape(n_folds, n_classes, -1).sum(axis=0)  # (K, D)
+        sq = (np.bincount(codes[by_fold], weights=sqc, minlength=n_classes) + 2.0 * (by_class @ centre64)
+              + counts_k * float(centre64 @ centre64)) / counts_k
+        zbar = by_class.sum(axis=0) / n  # the mean of the centred rows
+        var = (float(sqc.sum()) / n - float(zbar @ zbar)) / d  # trace(Cov) / D
     if d > n:
         w, v = np.linalg.eigh(zf @ zf.T)
         zf = v * np.sqrt(np.maximum(w, 0.0))
@@ -595,14 +632,17 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     # Zf^T Zf of each fold by BLAS syrk on the Fortran view of its rows (no copy): the lower triangle only, in a
     # Fortran-ordered (D, D) array, which is all the Cholesky factorisation below reads (the upper triangle
     # stays zero; numpy's `zf[s].T @ zf[s]` computes the same triangle and then copies it over)
-    grams = [blas.dsyrk(1.0, zf[s].T, trans=0, lower=1) for s in slices]  # their sum is the full Gram
+    syrk = blas.ssyrk if dtype == np.float32 else blas.dsyrk
+    grams = [syrk(1.0, zf[s].T, trans=0, lower=1) for s in slices]  # their sum is the full Gram
     cross = run_sums.reshape(n_folds, n_classes, -1)  # (fold, K, D): Y^T Z of each fold
     counts = np.diff(starts).reshape(n_folds, n_classes)  # Y^T 1 of each fold
     sums = cross.sum(axis=1)  # 1^T Z of each fold
-    g_all, c_all, s_all, y_all = sum(grams), cross.sum(axis=0), sums.sum(axis=0), counts.sum(axis=0)
+    g_all = sum(g.astype(np.float64, copy=False) for g in grams)  # summed in float64 (Fortran order kept)
+    c_all, s_all, y_all = cross.sum(axis=0), sums.sum(axis=0), counts.sum(axis=0)
     out = np.empty((n, n_classes))
     gram, rhs_t = np.empty_like(g_all), np.empty_like(c_all)  # reused across folds (no fresh pages per fold)
     outer_t = np.empty_like(c_all)
+    part = None if dtype == np.float64 else np.empty((int(np.diff(bounds).max()), n_classes), dtype=dtype)
     for f, s in enumerate(slices):
         n_train = n - (s.stop - s.start)
         mean = (s_all - sums[f]) / n_train
@@ -624,7 +664,11 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
         w, info = lapack.dpotrs(chol, rhs_t.T, lower=1, overwrite_b=1)  # (D, K)
         if info != 0:
             raise np.linalg.LinAlgError(f"ridge probe: dpotrs failed on fold {f} (info {info}).")
-        np.matmul(zf[s], w, out=out[s])
+        if part is None:
+            np.matmul(zf[s], w, out=out[s])
+        else:  # float32 sgemm, then float64 from here on
+            np.matmul(zf[s], w.astype(dtype), out=part[:s.stop - s.start])
+            out[s] = part[:s.stop - s.start]
         out[s] += ybar - mean @ w
     tau = fit_temperature(out, codes[by_fold])
     # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts; the
@@ -646,18 +690,19 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
         else:
             block /= block.sum(axis=1, keepdims=True)
             p0[by_fold[a:a + step]] = block
-    return p0
+    return (p0, sq, var) if norms else p0
 
 
-#: A row of ones for the column sums of :func:`_add_run_sums` (a gathered block has at most this many rows).
-ONES = np.ones(BLOCK_VALUES)
+#: A row of ones for the column sums of :func:`_add_run_sums` (a gathered block has at most this many rows), in
+#: each precision of the probe's copy.
+ONES = {np.dtype(np.float64): np.ones(BLOCK_VALUES), np.dtype(np.float32): np.ones(BLOCK_VALUES, dtype=np.float32)}
 
 
 def _add_run_sums(block: np.ndarray, first: int, starts: np.ndarray, sums: np.ndarray) -> None:
     """Add the column sums of each run of rows in ``block`` to ``sums`` (in place).
 
     Args:
-        block: rows ``first : first + len(block)`` of a matrix whose rows are grouped in runs, float64 (B, D).
+        block: rows ``first : first + len(block)`` of a matrix whose rows are grouped in runs, float64 or float32 (B, D).
         first: the position of the block's first row.
         starts: run r covers rows starts[r] : starts[r + 1], shape (R + 1,), non-decreasing (empty runs allowed).
         sums: shape (R, D), float64; row r receives the sum of run r's rows in the block.
@@ -668,7 +713,8 @@ def _add_run_sums(block: np.ndarray, first: int, starts: np.ndarray, sums: np.nd
     for r, a, b in zip(range(lo - 1, hi), bounds[:-1], bounds[1:]):
         a, b = max(a, first) - first, min(b, end) - first
         if b > a:
-            ones = ONES[:b - a] if b - a <= ONES.size else np.ones(b - a)
+            ones = ONES[block.dtype]
+            ones = ones[:b - a] if b - a <= ones.size else np.ones(b - a, dtype=block.dtype)
             sums[r] += ones @ block[a:b]  # BLAS gemv: 2x numpy's sum(axis=0), 4x np.add.reduceat
 
 

@@ -197,3 +197,36 @@ def test_a_nan_in_float32_features_is_caught_by_the_probe_pass():
     x[7, 3] = np.inf
     with pytest.raises(InputError, match=r"features must be finite; got NaN or Inf in 1 of 150 rows \(first: row 7\)"):
         lead_score(x, y)
+
+
+def test_float32_features_use_the_float32_probe_and_score_as_their_float64_values():
+    # float32 features (D <= N): the probe's copy, fold Gram matrices and out-of-fold products are float32 BLAS
+    # (docs/performance.md, target 3, fourth round); the score stays within float32 precision of the float64 one,
+    # keeps the caller's order out of it, and separable inputs (score ~ -1e-10) keep their leading digits
+    for sep, rel in [(1.0, 1e-5), (4.0, 1e-4)]:
+        x, y = _data(600, 40, k=5, seed=3, sep=sep)
+        x32 = x.astype(np.float32)
+        got, want = lead_score(x32, y), lead_score(x32.astype(np.float64), y)
+        assert got == pytest.approx(want, rel=rel)
+        perm = np.random.default_rng(2).permutation(len(y))
+        assert lead_score(x32[perm], y[perm]) == got
+    d = lead_details(x32, y)
+    np.testing.assert_allclose(d.p0, lead_details(x32.astype(np.float64), y).p0, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype, shape", [(np.float64, (300, 20)), (np.float32, (300, 20)), (np.float64, (40, 90)),
+                                          (np.float32, (40, 90))])
+def test_the_probe_takes_the_squared_norms_and_the_global_scale_from_its_blocks(dtype, shape, monkeypatch):
+    import lead.scoring.lead as lead_module
+    from lead.scoring._validate import global_scale
+
+    x, y = _data(*shape, k=3, seed=4)
+    x = x.astype(dtype)
+    monkeypatch.setattr(lead_module, "BLOCK_VALUES", 7 * shape[1])  # several blocks
+    rows = np.random.default_rng(0).permutation(shape[0])
+    _, sq, var = lead_module._ridge_probe(x, y[rows], 3, seed=0, alpha=1.0, rows=rows, mean=None, norms=True)
+    x64 = x.astype(np.float64)[rows]
+    norms = np.einsum("ij,ij->i", x64, x64)
+    want = [norms[y[rows] == c].mean() for c in range(3)]  # each class's mean squared norm
+    np.testing.assert_allclose(sq, want, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    assert var == pytest.approx(global_scale(x64) ** 2, rel=1e-6 if dtype == np.float32 else 1e-12)

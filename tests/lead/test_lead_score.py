@@ -214,8 +214,10 @@ def test_deterministic_for_a_seed_and_seed_changes_the_head():
     assert lead_score(x, y, seed=3) == lead_score(x, y, seed=3)
     a, b = lead_details(x, y, seed=0, kernel="sampled"), lead_details(x, y, seed=1, kernel="sampled")
     assert not np.allclose(a.lambdas, b.lambdas)
-    # the default kernel is the head's expectation: no head is drawn, the seed leaves it alone
-    np.testing.assert_array_equal(lead_details(x, y, seed=0).lambdas, lead_details(x, y, seed=1).lambdas)
+    # the default kernel is the head's expectation: no head is drawn, the seed leaves it alone (to round-off: the
+    # probe sums each class's squared norms fold by fold, and the folds follow the seed; docs/performance.md,
+    # target 3, fourth round)
+    np.testing.assert_allclose(lead_details(x, y, seed=0).lambdas, lead_details(x, y, seed=1).lambdas, rtol=1e-13)
 
 
 def test_separable_features_score_higher_than_shuffled_labels():
