@@ -5,7 +5,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 # `make test` runs the tests on this many pytest-xdist worker processes (TEST_WORKERS=0: in pytest's own process).
-# Each test file stays on one worker (--dist loadfile), so its module fixtures are built once.
+# Each test file stays on one worker (--dist loadfile), so its module fixtures are built once; tests/conftest.py
+# hands out the longest files first (and turns off xdist's reorder by number of tests).
 TEST_WORKERS ?= 2
 # More pytest arguments for `make test`, e.g. PYTEST_ARGS='--durations=30' or PYTEST_ARGS='tests/lead'.
 PYTEST_ARGS  ?=

@@ -97,11 +97,19 @@ def descendants(pid: int | None = None) -> list[int]:
     not yet reaped) are left out. Linux (/proc); elsewhere an empty list."""
     root = os.getpid() if pid is None else pid
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    # os.listdir and bytes, not Path.glob and text: a third of the CPU (tests poll this several times a second)
+    for name in names:
+        if not name.isdigit():
+            continue
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state, ppid = f.read().rsplit(b")", 1)[1].split(None, 2)[:2]
+            if state != b"Z":
+                children.setdefault(int(ppid), []).append(int(name))
         except (OSError, ValueError, IndexError):
             continue
     out, todo = [], [root]

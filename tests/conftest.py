@@ -43,6 +43,26 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 
+#: The test files that take longest, longest first: on a quiet 2-core machine under `make test` each holds one
+#: worker for one to four minutes, mostly in the `lead`, Prefect and Dask processes they start.
+LONGEST_FILES = ("tests/flows/test_faults.py", "tests/flows/test_dask.py", "tests/flows/test_server.py")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist's ``--dist loadfile``, hand out the files in the collection's order (below), not by
+    their number of tests, most first (xdist's default, ``--loadscope-reorder``): that put the one-test
+    tests/flows/test_server.py (about a minute) last, alone on one worker while the other had finished."""
+    if getattr(config.option, "loadscopereorder", None) is not None:
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The longest files first (LONGEST_FILES), the others after them in their usual order: the longest
+    processing time first, so no long file is left to run alone at the end."""
+    first = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::", 1)[0], len(first)))  # stable: the rest keep their order
+
+
 #: prctl option making this process adopt its orphaned descendants (<linux/prctl.h>).
 PR_SET_CHILD_SUBREAPER = 36
 #: Seconds the processes a test started get to end before the session counts them as leaked.
@@ -158,6 +178,26 @@ def prefect_harness():
             if guard_proc is not None:
                 guard_proc.kill()
                 guard_proc.wait()
+
+
+@pytest.fixture(scope="session")
+def harness_api_url(prefect_harness) -> str:
+    """The URL of the harness's Prefect API (a real server: a uvicorn process on 127.0.0.1, reachable from
+    any process of this machine). A ``lead`` command a test starts finds no server configured and starts
+    its own temporary one (flows/ephemeral.py: a second Python process, ~6 s of CPU, and seconds of wall
+    time before the flow can run); with ``PREFECT_API_URL`` set to this URL in its environment it uses
+    this one instead.
+
+    Which tests use which: a test that checks the temporary server itself (that ``lead rank`` starts
+    exactly one, and that it ends with the command however the command ends: tests/flows/test_dask.py's
+    CLI ranking, and the killed run, Ctrl-C and SIGTERM of tests/flows/test_faults.py) leaves
+    ``PREFECT_API_URL`` unset; a test of something else that starts ``lead`` commands passes this URL
+    (two rankings at once on one store, tests/flows/test_faults.py)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url and url.startswith("http://127.0.0.1:"), url
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -200,26 +200,38 @@ def mlflow_runs(store: Path) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time"])
 
 
-def lead_rank(*args, **kwargs) -> subprocess.Popen:
+def lead_rank(*args, api_url: str | None = None, **kwargs) -> subprocess.Popen:
+    """``lead rank *args`` as a user starts it. Without ``api_url`` it starts its own temporary Prefect
+    server (flows/ephemeral.py), as with no server configured; with it, it uses that server (conftest's
+    ``harness_api_url``: for the tests that do not check the temporary server)."""
     env = {**os.environ, "PREFECT_LOGGING_LEVEL": "ERROR"}
+    if api_url is not None:
+        env["PREFECT_API_URL"] = api_url
     return subprocess.Popen([LEAD, "rank", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             **kwargs)
 
 
-def test_two_rankings_at_once_on_one_store(tmp_path, tiny_dataset):
+def test_two_rankings_at_once_on_one_store(tmp_path, tiny_dataset, harness_api_url):
+    """Two ``lead rank`` processes at once on one store: both rankings land, whole. They use the session's
+    Prefect server (the store is what this checks; the killed run, Ctrl-C and SIGTERM below check the
+    temporary server each command starts without one), which saves two server starts."""
     a = shutil.copytree(tiny_dataset, tmp_path / "a")
     b = shutil.copytree(tiny_dataset, tmp_path / "b")
     (next((b / "cat").iterdir())).unlink()  # a different dataset
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(1)])
     store = tmp_path / "store"
-    procs = [lead_rank("-d", str(d), "-z", str(zoo), "--store", str(store)) for d in (a, b)]
+    procs = [lead_rank("-d", str(d), "-z", str(zoo), "--store", str(store), api_url=harness_api_url) for d in (a, b)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert all("MLflow logging failed" not in o for o in outs)
-    rows = query(store, "SELECT dataset, count(*) AS n, count(DISTINCT mlflow_run_id) AS runs, min(mlflow_run_id) AS run "
-                        "FROM rankings GROUP BY dataset ORDER BY dataset").to_pylist()
+    rows = query(store, "SELECT dataset, count(*) AS n, count(DISTINCT mlflow_run_id) AS runs, min(mlflow_run_id) AS run, "
+                        "min(flow_run_id) AS flow_run FROM rankings GROUP BY dataset ORDER BY dataset").to_pylist()
     # 2 models x the 2 default methods (lead, logme) per dataset, one MLflow run each
     assert [(r["dataset"], r["n"], r["runs"]) for r in rows] == [("a", 4, 1), ("b", 4, 1)]
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:  # both flow runs are on the session's server, completed
+        assert [client.read_flow_run(r["flow_run"]).state.is_completed() for r in rows] == [True, True]
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
