@@ -6,7 +6,7 @@
 | ``LEAD_DEVICE`` | ``auto`` | ``auto`` (cuda when present), ``cpu``, ``cuda``, ``cuda:N`` |
 | ``LEAD_BATCH_SIZE`` | ``64`` | images per forward pass |
 | ``LEAD_MAX_WORKERS`` | GPUs, or 2 on CPU | concurrent extraction tasks (the bounded thread pool) |
-| ``LEAD_NUM_WORKERS`` | 1 on CPU, ``cores // GPUs - 1`` on a GPU | DataLoader worker processes per extraction |
+| ``LEAD_NUM_WORKERS`` | chosen per extraction: none when decoding its images takes less than starting workers, else 1 on CPU, ``cores // GPUs - 1`` on a GPU | DataLoader worker processes per extraction |
 | ``LEAD_MAX_BAD_FRACTION`` | ``0.05`` | above this share of unreadable images a ranking stops with an error |
 | ``LEAD_EXECUTOR`` | ``threads`` | where tasks run: ``threads`` (a thread pool in the flow's process) or ``dask`` (a local Dask cluster of worker processes, or the one at ``DASK_SCHEDULER_ADDRESS``; see ``flows.runners``) |
 | ``LEAD_AUTO_MIN_DATASETS`` | ``3`` | ``--method auto`` uses the store's track record once a method was measured on this many datasets |
@@ -136,7 +136,7 @@ class Settings:
     device: str
     batch_size: int
     max_workers: int
-    num_workers: int
+    num_workers: int  # negative: chosen per extraction (lead.extract.resolve_num_workers)
     tracking_uri: str
     max_bad_fraction: float = 0.05
     auto_min_datasets: int = 3  # lead.trackrecord.AUTO_MIN_DATASETS
@@ -171,7 +171,5 @@ class Settings:
         executor = overrides.get("executor")
         if executor is not None and executor not in EXECUTORS:
             raise InputError(f"settings: executor must be one of {', '.join(EXECUTORS)}; got {executor!r}.")
-        s = replace(s, **overrides)
-        if s.num_workers < 0:  # not set: by where the extraction runs
-            s = replace(s, num_workers=default_num_workers(s.device))
-        return s
+        # num_workers stays negative when not set: each extraction chooses (lead.extract.resolve_num_workers)
+        return replace(s, **overrides)

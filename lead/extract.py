@@ -113,6 +113,54 @@ def loader_context():
     return mp.get_context("spawn")
 
 
+#: Seconds of wall time that DataLoader workers cost an extraction before its first batch, measured on a 2-core
+#: machine (docs/performance.md, issue #18): about 4 s when the fork server still has to start (a fresh Python
+#: importing FORKSERVER_PRELOAD, once per process), about 0.4 s for each later extraction (forking a worker
+#: and handing it the dataset). Decoding in the model's thread costs nothing to start but does not overlap
+#: the forward pass.
+WORKER_START_S = {"first": 4.0, "later": 0.4}
+#: Images decoded in the extraction's own thread to time one decode (:func:`resolve_num_workers`).
+DECODE_PROBE = 5
+_WORKERS_STARTED: set[str] = set()  # the multiprocessing contexts that have started DataLoader workers here
+
+
+def resolve_num_workers(requested: int, dataset, device_type: str) -> int:
+    """DataLoader workers for one extraction: ``requested`` when it is 0 or more (the user's setting); when
+    negative (the default, ``LEAD_NUM_WORKERS`` unset), no workers if decoding every image in the model's
+    thread takes less time than starting them, else :func:`lead.config.default_num_workers`.
+
+    The decode time is measured: the first :data:`DECODE_PROBE` images are decoded and transformed here
+    (``dataset[i]``), and their median time times ``len(dataset)`` is compared with :data:`WORKER_START_S`
+    (``first`` while no worker has been started from this process's fork server, ``later`` after). Workers
+    save at most that decode time (they overlap it with the forward pass); they always cost their start.
+    A 300-image demo of 28 px images decodes in about 0.02 s against 4 s of start: no workers. ImageNet-size
+    JPEGs (about 4 ms each) need workers from about 1,000 images, or 100 once the fork server runs.
+
+    Args:
+        requested: workers asked for; negative means choose.
+        dataset: the map-style dataset the DataLoader will read (:class:`ImageSamples`).
+        device_type: ``cpu``, ``cuda`` or ``mps`` (the default's count depends on it).
+    """
+    from lead.config import default_num_workers
+
+    if requested >= 0:
+        return requested
+    workers = default_num_workers(device_type)
+    n = len(dataset)
+    if workers == 0 or n == 0:
+        return workers
+    times = []
+    for i in range(min(DECODE_PROBE, n)):
+        started = time.perf_counter()
+        dataset[i]
+        times.append(time.perf_counter() - started)
+    per_image = float(np.median(times))  # the median: the first decode also pays the decoder's imports
+    context = loader_context()
+    start = WORKER_START_S["later"] if context.get_start_method() == "fork" or context.get_start_method() in _WORKERS_STARTED \
+        else WORKER_START_S["first"]
+    return 0 if per_image * n < start else workers
+
+
 def exit_with_process(pid: int, worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: end this worker once process ``pid`` (the one extracting) is gone.
 
@@ -274,7 +322,7 @@ def extract(
     classes: Sequence[str],
     *,
     batch_size: int = 64,
-    num_workers: int = 2,
+    num_workers: int = -1,
     device: str | None = None,
     normalize_on_device: bool | None = None,
 ) -> Iterator[Batch]:
@@ -290,7 +338,8 @@ def extract(
         spec: the model's spec (preprocessing).
         samples: images and labels; ``classes`` maps labels to indices.
         batch_size: images per forward pass.
-        num_workers: DataLoader worker processes for decoding and resizing (0: in this thread).
+        num_workers: DataLoader worker processes for decoding and resizing (0: in this thread; negative, the
+            default: :func:`resolve_num_workers` chooses by the measured decode time).
         device: see :func:`select_device`.
         normalize_on_device: the workers hand over uint8 images and the float conversion and normalisation
             run on ``device`` (:func:`normalize_uint8`: the same values). None (the default): on CUDA
@@ -307,9 +356,13 @@ def extract(
         model = model.to(memory_format=torch.channels_last)
     headless = not has_head(model)
     on_device = dev.type == "cuda" if normalize_on_device is None else normalize_on_device
+    dataset = ImageSamples(samples, classes, build_transform(spec, uint8=on_device), spec.input_size,
+                           dtype="uint8" if on_device else "float32")
+    num_workers = resolve_num_workers(num_workers, dataset, dev.type)
+    if num_workers > 0:
+        _WORKERS_STARTED.add(loader_context().get_start_method())
     loader = DataLoader(
-        ImageSamples(samples, classes, build_transform(spec, uint8=on_device), spec.input_size,
-                     dtype="uint8" if on_device else "float32"),
+        dataset,
         worker_init_fn=functools.partial(exit_with_process, os.getpid()) if num_workers > 0 else None,
         batch_size=batch_size,
         shuffle=False,

@@ -126,7 +126,7 @@ def extract_logits(
     key: str,
     device: str = "auto",
     batch_size: int = 64,
-    num_workers: int = 2,
+    num_workers: int = -1,
     max_bad_fraction: float = 0.05,
     progress_position: int | None = None,
 ) -> dict:

@@ -175,7 +175,7 @@ def rank(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass. (env: LEAD_BATCH_SIZE; default 64)")] = None,
     max_workers: Annotated[int | None, typer.Option("--max-workers", min=1, help="Models extracted at once. (env: LEAD_MAX_WORKERS; default: GPUs, or 2)")] = None,
     executor: ExecutorOpt = None,
-    num_workers: Annotated[int | None, typer.Option("--num-workers", min=0, help="DataLoader processes decoding images per model. (env: LEAD_NUM_WORKERS; default: 1 on CPU, cores // GPUs - 1 on a GPU)")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers", min=0, help="DataLoader processes decoding images per model. (env: LEAD_NUM_WORKERS; default: chosen per model: none when decoding the images takes less time than starting workers, else 1 on CPU, cores // GPUs - 1 on a GPU)")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI. (env: MLFLOW_TRACKING_URI; default sqlite:///<store>/mlflow.db)")] = None,
     auto_min_datasets: AutoMinDatasetsOpt = None,
     bootstrap: BootstrapOpt = None,

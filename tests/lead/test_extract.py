@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -192,9 +194,35 @@ def test_default_loader_workers_are_one_on_cpu_and_the_cores_per_gpu_less_one_on
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(config, "gpu_driver_present", lambda: False)
     assert default_num_workers("auto") == 1
-    assert Settings.from_env(device="cpu").num_workers == 1
+    assert Settings.from_env(device="cpu").num_workers == -1  # not set: each extraction chooses (below)
     monkeypatch.setattr(config, "gpu_driver_present", lambda: True)
     assert default_num_workers("auto") == max(1, cores - 1)
     monkeypatch.setenv("LEAD_NUM_WORKERS", "3")  # an explicit setting wins
     assert Settings.from_env(device="cpu").num_workers == 3
     assert Settings.from_env(device="cpu", num_workers=0).num_workers == 0
+
+
+def test_each_extraction_starts_workers_only_when_decoding_would_take_longer_than_starting_them(tiny_dataset, monkeypatch):
+    """``num_workers`` negative (the default): the measured decode time of the dataset against the workers' start.
+    24 PNGs of 32 px decode in milliseconds: no workers, and the same features and logits as with one; a
+    start that costs nothing (or images that take long to decode) gets the default; a number asked for is kept."""
+    import lead.extract as extract_module
+    from lead.extract import ImageSamples, resolve_num_workers
+
+    ds = image_folder(tiny_dataset)
+    spec = lite0(32)
+    dataset = ImageSamples(ds.samples, ds.classes, build_transform(spec), spec.input_size)
+    assert resolve_num_workers(-1, dataset, "cpu") == 0
+    assert [resolve_num_workers(n, dataset, "cpu") for n in (0, 1, 3)] == [0, 1, 3]
+    assert resolve_num_workers(-1, ImageSamples([], ds.classes, build_transform(spec), spec.input_size), "cpu") == 1
+    monkeypatch.setattr(extract_module, "WORKER_START_S", {"first": 0.0, "later": 0.0})
+    assert resolve_num_workers(-1, dataset, "cpu") == 1
+    # decoding that takes 0.2 s an image: 24 images take longer than the measured start of workers
+    monkeypatch.setattr(extract_module, "WORKER_START_S", {"first": 4.0, "later": 0.4})
+    slow = ImageSamples(ds.samples, ds.classes, lambda im: (time.sleep(0.2), build_transform(spec)(im))[1], spec.input_size)
+    assert resolve_num_workers(-1, slow, "cpu") == 1
+
+    model = load_model(spec)
+    auto, one = ([b for b in extract(model, spec, ds.samples, ds.classes, batch_size=10, num_workers=n, device="cpu")] for n in (-1, 1))
+    np.testing.assert_array_equal(np.concatenate([b.features for b in auto]), np.concatenate([b.features for b in one]))
+    np.testing.assert_array_equal(np.concatenate([b.logits for b in auto]), np.concatenate([b.logits for b in one]))
