@@ -220,7 +220,9 @@ def test_two_rankings_at_once_on_one_store(tmp_path, tiny_dataset, harness_api_u
     (next((b / "cat").iterdir())).unlink()  # a different dataset
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(1)])
     store = tmp_path / "store"
-    procs = [lead_rank("-d", str(d), "-z", str(zoo), "--store", str(store), api_url=harness_api_url) for d in (a, b)]
+    # no DataLoader workers (no fork server to start in each process): the killed run, Ctrl-C and SIGTERM check theirs
+    procs = [lead_rank("-d", str(d), "-z", str(zoo), "--store", str(store), "--num-workers", "0", api_url=harness_api_url)
+             for d in (a, b)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert all("MLflow logging failed" not in o for o in outs)
