@@ -32,7 +32,10 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("LEAD_STORE", None)
-os.environ["LEAD_NUM_WORKERS"] = "1"
+# Each extraction chooses its DataLoader workers (the default, lead.extract.resolve_num_workers): the tests' small
+# images decode faster than a worker starts, so most run none; the tests of the workers themselves ask for them
+# (tests/lead/test_extract.py, and the killed run, Ctrl-C and SIGTERM of tests/flows/test_faults.py, `--num-workers 1`).
+os.environ.pop("LEAD_NUM_WORKERS", None)
 # The paired bootstrap runs in every ranking (200 resamples); a score recomputed on each resample may spend
 # at most this long per model here (the default is 5 s), so flow tests with --method all stay fast.
 os.environ.setdefault("LEAD_BOOTSTRAP_BUDGET", "1")

@@ -220,8 +220,7 @@ def test_two_rankings_at_once_on_one_store(tmp_path, tiny_dataset, harness_api_u
     (next((b / "cat").iterdir())).unlink()  # a different dataset
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(1)])
     store = tmp_path / "store"
-    # no DataLoader workers (no fork server to start in each process): the killed run, Ctrl-C and SIGTERM check theirs
-    procs = [lead_rank("-d", str(d), "-z", str(zoo), "--store", str(store), "--num-workers", "0", api_url=harness_api_url)
+    procs = [lead_rank("-d", str(d), "-z", str(zoo), "--store", str(store), api_url=harness_api_url)
              for d in (a, b)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -251,8 +250,9 @@ def test_a_killed_run_leaves_no_partial_file_and_the_rerun_reuses_what_finished(
 
     store = tmp_path / "store"
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0), lite_entry(2, size=96)])
+    # one DataLoader worker asked for (the default chooses none for these small images): it must end too
     proc = lead_rank("-d", "animal-mnist-fewshot", "-z", str(zoo), "--store", str(store), "--max-workers", "1",
-                     "--batch-size", "8")
+                     "--batch-size", "8", "--num-workers", "1")
     deadline = time.time() + 240
     partial = []
     while time.time() < deadline and proc.poll() is None:
@@ -286,7 +286,9 @@ def test_a_killed_run_leaves_no_partial_file_and_the_rerun_reuses_what_finished(
 def test_ctrl_c_and_sigterm_stop_promptly_and_cleanly(tmp_path, sig, status):
     store = tmp_path / "store"
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0, size=96), lite_entry(1, size=96)])
-    proc = lead_rank("-d", "animal-mnist-fewshot", "-z", str(zoo), "--store", str(store), "--batch-size", "4")
+    proc = lead_rank("-d", "animal-mnist-fewshot", "-z", str(zoo), "--store", str(store), "--batch-size", "4",
+                     "--num-workers", "1")  # a DataLoader worker, which must end with the ranking
+
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (store / "logits").exists() and list((store / "logits").rglob(".part-*.tmp")):

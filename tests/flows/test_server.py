@@ -63,7 +63,7 @@ def test_served_deployments_rank_a_registered_dataset(tmp_path, tiny_dataset, mi
     url = f"http://127.0.0.1:{port}/api"
     store = tmp_path / "store"
     zoo = write_zoo(tmp_path / "zoo.yaml", [lite_entry(0)])
-    env = quiet_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=url, LEAD_NUM_WORKERS="1",
+    env = quiet_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=url,
                     HF_HUB_OFFLINE="1", PREFECT_LOGGING_LEVEL="INFO")
     env.pop("LEAD_STORE", None)
     env.pop("MLFLOW_TRACKING_URI", None)
