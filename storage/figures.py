@@ -33,20 +33,66 @@ def selection_points(sel: Selection) -> list:
     return points
 
 
+#: The first bytes of every PNG file (its signature) and its last chunk: a kept figure is used only whole.
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def figure_key(points: list, *, method: str, title: str) -> str:
+    """SHA-256 (hex) of everything a selection's figure depends on: its points (:func:`selection_points`),
+    the method, the title, the drawing code (the bytes of :mod:`lead.figures`) and matplotlib's version
+    (read from its metadata: nothing is imported). Two selections with the same key have the same picture."""
+    import dataclasses
+    import hashlib
+    import importlib.metadata
+    import importlib.util
+    import json
+
+    code = Path(importlib.util.find_spec("lead.figures").origin).read_bytes()
+    try:
+        mpl = importlib.metadata.version("matplotlib")
+    except importlib.metadata.PackageNotFoundError:
+        mpl = "none"
+    payload = json.dumps({"points": [dataclasses.asdict(p) for p in points], "method": method, "title": title,
+                          "matplotlib": mpl}, sort_keys=True, default=str)
+    return hashlib.sha256(code + payload.encode("utf-8")).hexdigest()
+
+
+def _kept_png(path: Path) -> bytes | None:
+    """The PNG at ``path`` when it is there and whole (signature and end chunk), else None (it is redrawn)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END) else None
+
+
 def write_selection_figure(store: Store | Path, sel: Selection) -> Path:
     """Draw the selection's figure (:func:`lead.figures.selection_figure`) and write it atomically as PNG
     to ``figures/dataset=<fp>/run=<run id>.png``. Returns its path.
 
+    A figure is kept by what it shows (``figures/drawn/<key>.png``, :func:`figure_key`): a ranking that shows
+    the same as an earlier one (a cached re-ranking: same scores, same seeded bootstrap) copies those bytes
+    instead of importing matplotlib and drawing (about 1 s of CPU; docs/performance.md, Target 1). A kept
+    file that is unreadable or not a whole PNG is drawn again.
+
     Raises:
         InputError: no model was scored (nothing to draw).
     """
-    from lead.figures import png_bytes, selection_figure
-
     st = Store.of(store)
     boot = sel.bootstrap or {}
     resamples = f", {boot['resamples']} paired resamples" if boot.get("resamples") else ", no bootstrap"
     title = (f"{sel.dataset}: {len(sel.models)} models by {sel.primary_method} ({sel.n_samples} images{resamples})")
-    png = png_bytes(selection_figure(selection_points(sel), method=sel.primary_method, title=title))
+    points = selection_points(sel)
+    drawn = st.drawn_figure_file(figure_key(points, method=sel.primary_method, title=title))
+    png = _kept_png(drawn)
+    if png is None:
+        from lead.figures import png_bytes, selection_figure
+
+        png = png_bytes(selection_figure(points, method=sel.primary_method, title=title))
+        try:
+            st.write(drawn, lambda tmp: Path(tmp).write_bytes(png))
+        except OSError:  # keeping it only saves the next drawing
+            pass
     return st.write(st.figure_file(sel.dataset_fingerprint, sel.run_id), lambda tmp: Path(tmp).write_bytes(png))
 
 

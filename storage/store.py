@@ -6,6 +6,7 @@ Layout (every path below is relative to the store's root; a *key* is such a rela
     logits/dataset=<fp>/model=<id>/part-<key16>.parquet features and logits (storage.logits)
     rankings/dataset=<fp>/run=<run id>.parquet          one file per selection (storage.rankings)
     figures/dataset=<fp>/run=<run id>.png               the selection's figure (storage.figures)
+    figures/drawn/<key>.png                             the same figure kept by what it shows (storage.figures)
     figures/history-<dataset>.png                       lead history --plot (storage.figures)
     registry/datasets.json                              the dataset registry (storage.registry)
     costs/<key32>.json                                  each architecture's parameters and FLOPs (storage.costs)
@@ -110,6 +111,11 @@ class Store:
 
     def figure_file(self, dataset_fingerprint: str, run_id: str) -> Path:
         return self.root / "figures" / f"dataset={dataset_fingerprint}" / f"run={run_id}.png"
+
+    def drawn_figure_file(self, key: str) -> Path:
+        """``figures/drawn/<first 32 hex digits of the key>.png``: a selection's figure kept by what it shows
+        (:func:`storage.figures.figure_key`), so that a ranking that shows the same draws nothing."""
+        return self.root / "figures" / "drawn" / f"{key[:32]}.png"
 
     def history_figure_file(self, dataset: str) -> Path:
         """``figures/history-<dataset>.png``, the name reduced to letters, digits, ``.``, ``_`` and ``-``."""

@@ -213,7 +213,7 @@ def rank(
         from flows.ephemeral import ensure_api
 
         # a temporary Prefect server that ends with this process, if none is configured; while it starts,
-        # this process imports what the flow's recording will need (MLflow's store, the figure's matplotlib)
+        # this process imports what the flow's recording will need (MLflow's store)
         ensure_api(while_starting=lambda: _import_recording(settings.tracking_uri))
         sel = _run_flow(flow, **_flow_params(plan, method, show_progress=not as_json and sys.stderr.isatty() or verbose),
                         max_params=max_params, max_gflops=max_gflops)
@@ -238,11 +238,10 @@ def rank(
 
 
 def _import_recording(tracking_uri: str) -> None:
-    """Import MLflow's client (and its SQLAlchemy store for a ``sqlite:`` URI) and matplotlib's Agg figure,
-    which every ranking's record needs (storage.tracking, lead.figures): about 2.5 s of CPU that then
-    overlaps the temporary Prefect server's start instead of following it."""
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
+    """Import MLflow's client (and its SQLAlchemy store for a ``sqlite:`` URI), which every ranking's record
+    needs (storage.tracking): about 2 s of CPU that then overlaps the temporary Prefect server's start
+    instead of following it. Not matplotlib: a ranking that shows what an earlier one showed draws nothing
+    (storage.figures.write_selection_figure), and one that draws imports it then."""
     import mlflow.tracking  # noqa: F401
 
     if tracking_uri.startswith("sqlite:"):
