@@ -12,7 +12,12 @@ score. Three whole processes are run alternately, ``--repeats`` times:
 - ``rank_configured``: the same ranking with ``PREFECT_API_URL`` pointing at one Prefect server that this
   benchmark started before (what ``lead serve``, a work pool or a platform's server gives). CPU is the
   ``lead`` process's, and the server's CPU while it served that ranking is reported beside it;
-- ``imports``: ``python -c "import torch, timm, lead.scoring"``, the reference.
+- ``imports``: ``python -c "import torch, timm, lead.scoring"``, the reference;
+- the floor of what the issue keeps, imports only, nothing run: ``floor_client`` (``import prefect,
+  mlflow.tracking`` and MLflow's SQLAlchemy store: what any process that runs a Prefect flow and records it
+  in MLflow imports), ``floor_server`` (``import prefect.server.api.server``: what any process that serves
+  Prefect's API imports) and ``floor_one_process`` (both in one interpreter). With a temporary server in a
+  second process, ``floor_client + floor_server`` against the imports is a lower bound of ``ratio_cpu``.
 
 Reported: medians and the median paired ratios against the imports (target <= 1.5). ``--profile`` also
 writes a CPU profile of one cached run, per thread (cProfile with ``time.thread_time`` in the main thread
@@ -44,6 +49,9 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 RANK = ["rank", "--dataset", "animal-mnist-fewshot", "--zoo", "efficientnet-lite"]
 IMPORTS = "import torch, timm, lead.scoring"
+#: Imports only: a Prefect flow recorded in MLflow's SQLite store (the client side), Prefect's API (the server).
+FLOOR_CLIENT = "import prefect, mlflow.tracking, mlflow.store.tracking.sqlalchemy_store"
+FLOOR_SERVER = "import prefect.server.api.server"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -169,12 +177,16 @@ def main(argv=None) -> dict:
     lead = str(Path(sys.executable).with_name("lead"))
     server, url = start_server()
     configured = {**env, "PREFECT_API_URL": url}
-    runs = {"rank": [], "rank_configured": [], "imports": []}
+    runs = {"rank": [], "rank_configured": [], "imports": [], "floor_client": [], "floor_server": [],
+            "floor_one_process": []}
     try:
         for _ in range(args.repeats):
             runs["rank"].append(run([lead, *RANK], env))
             runs["rank_configured"].append(run([lead, *RANK], configured, server_pid=server.pid))
             runs["imports"].append(run([sys.executable, "-c", IMPORTS], env))
+            runs["floor_client"].append(run([sys.executable, "-c", FLOOR_CLIENT], env))
+            runs["floor_server"].append(run([sys.executable, "-c", FLOOR_SERVER], env))
+            runs["floor_one_process"].append(run([sys.executable, "-c", f"{FLOOR_CLIENT}, {FLOOR_SERVER.removeprefix('import ')}"], env))
     finally:
         server.terminate()
         server.wait()
@@ -190,6 +202,10 @@ def main(argv=None) -> dict:
         "configured_server_cpu_s": med(runs["rank_configured"], "served"),
         "ratio_cpu": ratio("rank", "cpu"), "ratio_wall": ratio("rank", "wall"),
         "ratio_cpu_configured": ratio("rank_configured", "cpu"), "ratio_wall_configured": ratio("rank_configured", "wall"),
+        # lower bounds of ratio_cpu from imports alone: a temporary server in a second process, or in this one
+        "floor_ratio_cpu_two_processes": statistics.median(
+            (c["cpu"] + s["cpu"]) / i["cpu"] for c, s, i in zip(runs["floor_client"], runs["floor_server"], runs["imports"])),
+        "floor_ratio_cpu_one_process": ratio("floor_one_process", "cpu"),
         "runs": runs, "target": "ratio_cpu <= 1.5",
     }
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
