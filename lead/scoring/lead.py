@@ -513,11 +513,13 @@ CENTRE_ROWS = 1024
 
 def _projection(x: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """x @ direction, computed in float64 (x: (N, D), float32 or float64), in blocks that are converted in cache."""
+    from scipy.linalg import blas
+
     n = x.shape[0]
     rows = max(1, BLOCK_VALUES // x.shape[1])
     proj = np.empty(n)
     for a in range(0, n, rows):
-        np.matmul(x[a:a + rows].astype(np.float64, copy=False), direction, out=proj[a:a + rows])
+        proj[a:a + rows] = blas.dgemv(1.0, x[a:a + rows].astype(np.float64, copy=False).T, direction, trans=1)
     return proj
 
 
@@ -579,6 +581,12 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     a centred value is at most that of the feature it comes from) and the fold Gram matrices and the out-of-fold
     products are float32 BLAS calls (``ssyrk``, ``sgemm``: 1.6x and 2x the speed of their float64 counterparts);
     everything else (the Gram totals, the class sums, the Cholesky solves, the temperature, the softmax) is float64.
+
+    One BLAS: every product here (and in :func:`_projection` and :func:`_add_run_sums`) is a call into SciPy's BLAS,
+    none into NumPy's. Each wheel bundles its own OpenBLAS with its own thread pool, and a pool's threads spin for a
+    while after each call: alternating between the two left one pool spinning on the cores the other was using.
+    With two threads LEAD took 1.1-1.8x LogME's time at D = 512, K = 100 (0.53-0.91x single-threaded); with
+    one BLAS, 0.71-0.93x (docs/performance.md, Target 3, fifth round).
     """
     from scipy.linalg import blas, lapack  # lazy: a cached `lead rank` imports the registry, not scipy
     n = codes.shape[0]
@@ -620,12 +628,16 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
         centre64 = centre.astype(np.float64)
         counts_k = np.bincount(codes, minlength=n_classes)
         by_class = class_sums.reshape(n_folds, n_classes, -1).sum(axis=0)  # (K, D)
-        sq = (np.bincount(codes[by_fold], weights=sqc, minlength=n_classes) + 2.0 * (by_class @ centre64)
+        sq = (np.bincount(codes[by_fold], weights=sqc, minlength=n_classes) + 2.0 * blas.dgemv(1.0, by_class.T, centre64, trans=1)
               + counts_k * float(centre64 @ centre64)) / counts_k
         zbar = by_class.sum(axis=0) / n  # the mean of the centred rows
         var = (float(sqc.sum()) / n - float(zbar @ zbar)) / d  # trace(Cov) / D
     if d > n:
-        w, v = np.linalg.eigh(zf @ zf.T)
+        from scipy.linalg import eigh
+
+        # the N x N Gram matrix Zf Zf^T by syrk on the Fortran view (its lower triangle, which eigh reads)
+        w, v = eigh((blas.ssyrk if dtype == np.float32 else blas.dsyrk)(1.0, zf.T, trans=1, lower=1), lower=True,
+                    overwrite_a=True, check_finite=False)
         zf = v * np.sqrt(np.maximum(w, 0.0))
         _add_run_sums(zf, 0, starts, run_sums)
     slices = [slice(int(bounds[f]), int(bounds[f + 1])) for f in range(n_folds)]
@@ -633,6 +645,7 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     # Fortran-ordered (D, D) array, which is all the Cholesky factorisation below reads (the upper triangle
     # stays zero; numpy's `zf[s].T @ zf[s]` computes the same triangle and then copies it over)
     syrk = blas.ssyrk if dtype == np.float32 else blas.dsyrk
+    gemm = blas.sgemm if dtype == np.float32 else blas.dgemm
     grams = [syrk(1.0, zf[s].T, trans=0, lower=1) for s in slices]  # their sum is the full Gram
     cross = run_sums.reshape(n_folds, n_classes, -1)  # (fold, K, D): Y^T Z of each fold
     counts = np.diff(starts).reshape(n_folds, n_classes)  # Y^T 1 of each fold
@@ -642,7 +655,6 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
     out = np.empty((n, n_classes))
     gram, rhs_t = np.empty_like(g_all), np.empty_like(c_all)  # reused across folds (no fresh pages per fold)
     outer_t = np.empty_like(c_all)
-    part = None if dtype == np.float64 else np.empty((int(np.diff(bounds).max()), n_classes), dtype=dtype)
     for f, s in enumerate(slices):
         n_train = n - (s.stop - s.start)
         mean = (s_all - sums[f]) / n_train
@@ -664,12 +676,8 @@ def _ridge_probe(z: np.ndarray, codes: np.ndarray, n_classes: int, *, seed: int,
         w, info = lapack.dpotrs(chol, rhs_t.T, lower=1, overwrite_b=1)  # (D, K)
         if info != 0:
             raise np.linalg.LinAlgError(f"ridge probe: dpotrs failed on fold {f} (info {info}).")
-        if part is None:
-            np.matmul(zf[s], w, out=out[s])
-        else:  # float32 sgemm, then float64 from here on
-            np.matmul(zf[s], w.astype(dtype), out=part[:s.stop - s.start])
-            out[s] = part[:s.stop - s.start]
-        out[s] += ybar - mean @ w
+        out[s] = gemm(1.0, w.astype(dtype, copy=False), zf[s].T, trans_a=1).T  # (W^T Zf^T)^T on Fortran views: no copy
+        out[s] += ybar - blas.dgemv(1.0, w, mean, trans=1)  # mean @ w
     tau = fit_temperature(out, codes[by_fold])
     # softmax(tau R), floored and renormalised, in place (N x K values: at K = 100 every pass counts; the
     # two normalisations stay as they are: where the probe separates the classes, 1 - P0_i[y_i] is ~1e-10 and
@@ -707,6 +715,8 @@ def _add_run_sums(block: np.ndarray, first: int, starts: np.ndarray, sums: np.nd
         starts: run r covers rows starts[r] : starts[r + 1], shape (R + 1,), non-decreasing (empty runs allowed).
         sums: shape (R, D), float64; row r receives the sum of run r's rows in the block.
     """
+    from scipy.linalg import blas
+
     end = first + block.shape[0]
     lo, hi = np.searchsorted(starts, [first, end], side="right")
     bounds = starts[lo - 1:hi + 1].tolist()  # the runs that meet the block (Python ints: a short loop)
@@ -715,7 +725,8 @@ def _add_run_sums(block: np.ndarray, first: int, starts: np.ndarray, sums: np.nd
         if b > a:
             ones = ONES[block.dtype]
             ones = ones[:b - a] if b - a <= ones.size else np.ones(b - a, dtype=block.dtype)
-            sums[r] += ones @ block[a:b]  # BLAS gemv: 2x numpy's sum(axis=0), 4x np.add.reduceat
+            gemv = blas.sgemv if block.dtype == np.float32 else blas.dgemv
+            sums[r] += gemv(1.0, block[a:b].T, ones)  # BLAS gemv on the Fortran view: 2x numpy's sum(axis=0)
 
 
 def fit_temperature(r: np.ndarray, codes: np.ndarray) -> float:
